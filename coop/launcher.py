@@ -43,9 +43,21 @@ class LaunchError(Exception):
 
 
 class Launcher:
-    """Interface every launcher implements."""
+    """Interface every launcher implements.
+
+    ``home``, ``user``, ``shell`` and ``workdir`` describe the world the
+    processes see (SB-5): inside a sandbox they are the in-sandbox values.
+    """
 
     on_exit: ExitCallback
+    home: str
+    user: str
+    shell: str
+    workdir: str
+
+    def extra_env(self) -> dict[str, str]:
+        """Variables the launcher itself needs in every process (e.g. proxy)."""
+        return {}
 
     async def start(self) -> None:
         """Prepare the environment once per session (namespaces, mounts)."""
@@ -99,8 +111,12 @@ class HostLauncher(Launcher):
     """Unsandboxed launcher: forks on the host. Never reached by a user path
     once the sandbox exists; kept for tests and as the reference behaviour."""
 
-    def __init__(self) -> None:
+    def __init__(self, workspace: str) -> None:
         self.on_exit = lambda pid, code: None
+        self.workdir = workspace
+        self.home = os.environ.get("HOME", "/")
+        self.user = os.environ.get("USER") or str(os.getuid())
+        self.shell = os.environ.get("SHELL") or "/bin/sh"
         self._children: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
 

@@ -69,6 +69,11 @@ def encode_message(obj: dict) -> bytes:
     return _HEADER.pack(len(body)) + body
 
 
+def encode_raw(payload: bytes) -> bytes:
+    """Re-frame a payload that was already split off a stream."""
+    return _HEADER.pack(len(payload)) + payload
+
+
 def stream_header(kind: FrameType, payload_len: int) -> bytes:
     """Header of a stream-mode frame; write it followed by the payload."""
     return _HEADER.pack(payload_len + 1) + bytes((kind,))

@@ -1,0 +1,440 @@
+"""Session actor: one process per session, sole owner of its PTYs and clients.
+
+It listens on ``~/.coop/sessions/<name>/actor.sock`` (0600) for the
+supervisor, the web and the tunnel actors. Client connections arrive by
+SCM_RIGHTS (``adopt``) and are served here directly, so terminal bytes never
+pass through another coop process. The actor outlives the supervisor
+(DMN-4): a new supervisor finds it again through its socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import signal
+import socket
+import time
+
+from coop import coopfile, fdpass, protocol
+from coop.clients import ExecClient, StreamClient
+from coop.console import Console
+from coop.filter import InputFilter
+from coop.launcher import LaunchError, Launcher
+from coop.log import log, set_actor
+from coop.paths import Paths
+from coop.protocol import ErrorCode
+
+CRASH_WINDOW = 2.0  # DMN-7: an agent exiting this soon after start counts as a crash
+CRASH_LIMIT = 5
+
+
+def exit_status_text(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"code {code}"
+
+
+class Session:
+    def __init__(self, paths: Paths, name: str, workspace: str, table: dict, created: int,
+                 launcher: Launcher):
+        self.paths = paths
+        self.name = name
+        self.workspace = workspace
+        self.table = table
+        self.created = created
+        self.launcher = launcher
+        self.consoles: dict[int, Console] = {}
+        self.execs: dict[int, ExecClient] = {}
+        self.crashes = 0
+        self.stopping = False
+        self.done = asyncio.Event()
+        self._restart: asyncio.TimerHandle | None = None
+        launcher.on_exit = self._on_exit
+
+    # -- environment --------------------------------------------------------
+
+    def environment(self) -> dict[str, str]:
+        """SB-5 environment; ``$NAME`` values expanded only now (CF-4)."""
+        env = {
+            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "TERM": "xterm-256color",
+            "HOME": self.launcher.home,
+            "USER": self.launcher.user,
+            "COOP_SESSION": self.name,
+            "COOP_WORKSPACE": self.workspace,
+            "COOP_CREATED": str(self.created),
+            "IS_SANDBOX": "1",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+        }
+        env.update(self.launcher.extra_env())
+        env.update(coopfile.expand_env(self.table.get("env", {}), os.environ))
+        return env
+
+    @property
+    def cwd(self) -> str:
+        return self.launcher.workdir
+
+    def make_filter(self) -> InputFilter:
+        cfg = self.table.get("input_filter", {})
+        extra = [s.encode("utf-8", "surrogateescape") for s in cfg.get("block_sequences", [])]
+        return InputFilter(extra_sequences=extra,
+                           ctrl_c_debounce_ms=cfg.get("ctrl_c_debounce_ms", 500))
+
+    # -- PTYs ---------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.launcher.start()
+        agent = Console(0, "agent", coopfile.agent_argv(self.table), self.scrollback_bytes)
+        self.consoles[0] = agent
+        await self._spawn(agent)
+
+    @property
+    def scrollback_bytes(self) -> int:
+        return self.table.get("session", {}).get("scrollback_bytes", 1 << 20)
+
+    async def _spawn(self, console: Console) -> None:
+        child = await self.launcher.spawn(console.argv, self.environment(), self.cwd, *console.size)
+        console.attach_process(child)
+        log(f"started pty {console.id} ({console.role}) pid {child.pid}")
+
+    async def spawn_shell(self, command: str | None, size) -> Console:
+        ident = 1
+        while ident in self.consoles:
+            ident += 1
+        argv = ["/bin/sh", "-c", command] if command else [self.launcher.shell]
+        console = Console(ident, "shell", argv, self.scrollback_bytes)
+        if size:
+            console.size = size
+        self.consoles[ident] = console
+        try:
+            await self._spawn(console)
+        except BaseException:
+            del self.consoles[ident]
+            raise
+        return console
+
+    def _on_exit(self, pid: int, code: int) -> None:
+        ex = self.execs.pop(pid, None)
+        if ex is not None:
+            ex.process_exited(code)
+            return
+        for console in self.consoles.values():
+            if console.pid == pid:
+                self._console_exited(console, code)
+                return
+
+    def _console_exited(self, console: Console, code: int) -> None:
+        ran_for = time.monotonic() - console.started_at
+        console.process_exited(code)
+        log(f"pty {console.id} exited ({exit_status_text(code)})")
+        console.notice(f"process exited ({exit_status_text(code)})")
+        console.broadcast({"event": "pty_exited", "pty": console.id, "code": code})
+        if self.stopping:
+            return
+        if console.role == "shell":  # DMN-8: shells are never restarted
+            console.end_clients()
+            del self.consoles[console.id]
+            return
+        cfg = self.table.get("session", {})
+        self.crashes = self.crashes + 1 if ran_for < CRASH_WINDOW else 0
+        if not cfg.get("auto_restart", True):
+            console.end_clients()
+            return
+        if self.crashes >= CRASH_LIMIT:
+            console.notice(f"agent exited {CRASH_LIMIT} times within {CRASH_WINDOW:.0f} s of "
+                           "starting; not restarting (attach to try again)")
+            log(f"agent crash loop; restarts stopped")
+            console.end_clients()
+            return
+        delay = cfg.get("restart_delay_ms", 1000)
+        console.state = "restarting"
+        console.notice(f"restarting in {delay} ms...")
+        console.broadcast({"event": "pty_restarting", "pty": console.id, "delay_ms": delay})
+        self._restart = asyncio.get_running_loop().call_later(
+            delay / 1000, lambda: asyncio.ensure_future(self._restart_agent(console)))
+
+    async def _restart_agent(self, console: Console) -> None:
+        self._restart = None
+        if self.stopping or console.child is not None:
+            return
+        try:
+            await self._spawn(console)
+        except LaunchError as exc:
+            console.notice(f"restart failed: {exc}")
+            console.state = "exited"
+            console.end_clients()
+
+    # -- clients ------------------------------------------------------------
+
+    async def adopt(self, msg: dict, fd: int) -> None:
+        """Take over a client connection handed over by another actor."""
+        sock = socket.socket(fileno=fd)
+        request = msg.get("request") or {}
+        kind = msg.get("kind", "local")
+        rest = base64.b64decode(msg.get("rest", "") or "")
+        cmd = request.get("cmd")
+        loop = asyncio.get_running_loop()
+        if cmd == "exec":
+            await self._adopt_exec(sock, request, rest)
+            return
+        size = None
+        if isinstance(request.get("cols"), int) and isinstance(request.get("rows"), int):
+            if 0 < request["cols"] < 10000 and 0 < request["rows"] < 10000:
+                size = (request["cols"], request["rows"])
+        try:
+            if cmd == "shell":
+                console = await self.spawn_shell(request.get("command"), size)
+            else:
+                console = self.consoles.get(request.get("pty", 0))
+                if console is None:
+                    raise protocol.ProtocolError(
+                        ErrorCode.PTY_NOT_FOUND, f"session {self.name} has no pty {request.get('pty')}")
+                if console.role == "agent" and console.child is None and console.state == "exited":
+                    self.crashes = 0  # attaching to a stopped agent starts it again
+                    await self._spawn(console)
+        except protocol.ProtocolError as exc:
+            await self._refuse(sock, exc.answer())
+            return
+        except LaunchError as exc:
+            await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
+            return
+        filtered = kind in ("web", "tunnel")
+        client = StreamClient(kind, self, console, size, filtered=filtered,
+                              read_only=bool(msg.get("read_only")))
+        await loop.connect_accepted_socket(lambda: client, sock)
+        offset = request.get("offset") if isinstance(request.get("offset"), int) else None
+        answer = {"ok": True, "session": self.name, "pty": console.id}
+        client.answer(answer)
+        answer["offset"] = console.add_client(client, offset)
+        client.event({"event": "attached", **answer})
+        log(f"attached {kind} client to pty {console.id}")
+        if rest:
+            client.data_received(rest)
+
+    async def _adopt_exec(self, sock: socket.socket, request: dict, rest: bytes) -> None:
+        argv = request.get("argv")
+        if not argv or not all(isinstance(a, str) for a in argv):
+            await self._refuse(sock, protocol.error(ErrorCode.INVALID_COMMAND,
+                                                    "exec: argv must be a non-empty list of strings"))
+            return
+        try:
+            child = await self.launcher.spawn_piped(argv, self.environment(), self.cwd)
+        except LaunchError as exc:
+            await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
+            return
+        client = ExecClient(self, child)
+        self.execs[child.pid] = client
+        transport, _ = await asyncio.get_running_loop().connect_accepted_socket(lambda: client, sock)
+        transport.write(protocol.encode_message({"ok": True, "session": self.name, "pid": child.pid}))
+        if not request.get("stdin", True):
+            client._close_stdin()
+        if rest:
+            client.data_received(rest)
+        log(f"exec pid {child.pid}")
+
+    async def _refuse(self, sock: socket.socket, answer: dict) -> None:
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(
+                sock, protocol.encode_message(answer)), 5)
+        except (OSError, asyncio.TimeoutError):
+            pass
+        sock.close()
+
+    def client_gone(self, client) -> None:
+        log(f"detached {client.kind} client from pty {client.console.id}")
+
+    def detach_all(self) -> None:
+        """DMN-3: the daemon shuts down; clients are told and closed, PTYs stay."""
+        for console in self.consoles.values():
+            console.broadcast({"event": "detached"})
+            console.end_clients()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def kill(self, force: bool) -> None:
+        self.stopping = True
+        if self._restart:
+            self._restart.cancel()
+        for console in self.consoles.values():
+            console.broadcast({"event": "pty_exited", "pty": console.id, "code": None,
+                               "reason": "session killed"})
+            console.end_clients()
+        await self.launcher.stop(0 if force else 5.0)
+        log(f"killed")
+        self.done.set()
+
+    def info(self) -> dict:
+        clients = {"local": 0, "web": 0, "tunnel": 0}
+        for console in self.consoles.values():
+            for c in console.clients:
+                clients[c.kind] = clients.get(c.kind, 0) + 1
+        agent = self.consoles.get(0)
+        return {
+            "name": self.name,
+            "workspace": self.workspace,
+            "pid": os.getpid(),
+            "created": self.created,
+            "state": agent.state if agent else "starting",
+            "ptys": [c.info() for c in sorted(self.consoles.values(), key=lambda c: c.id)],
+            "local_clients": clients["local"],
+            "web_clients": clients["web"],
+            "tunnel_clients": clients["tunnel"],
+            "network": self.table.get("network", {}).get("mode"),
+            "launcher": self.launcher.describe(),
+        }
+
+
+class ActorServer:
+    """The actor's control socket: requests from the supervisor, web and tunnel."""
+
+    def __init__(self, session: Session, sock: socket.socket):
+        self.session = session
+        self.sock = sock
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.sock.setblocking(False)
+        while not self.session.done.is_set():
+            accept = asyncio.ensure_future(loop.sock_accept(self.sock))
+            done = asyncio.ensure_future(self.session.done.wait())
+            await asyncio.wait({accept, done}, return_when=asyncio.FIRST_COMPLETED)
+            if not accept.done():
+                accept.cancel()
+                done.cancel()
+                break
+            done.cancel()
+            conn, _ = accept.result()
+            asyncio.ensure_future(self._handle(fdpass.FdChannel(conn)))
+
+    async def _handle(self, chan: fdpass.FdChannel) -> None:
+        try:
+            got = await chan.recv(timeout=10)
+            if got is None:
+                return
+            msg, fds = got
+            answer = await self._dispatch(msg, fds)
+            if answer is not None:
+                await chan.send(answer)
+        except (OSError, asyncio.TimeoutError, protocol.ProtocolError):
+            pass
+        except Exception as exc:  # never let one request take the session down
+            log(f"internal error: {exc!r}")
+            try:
+                await chan.send(protocol.error(ErrorCode.INTERNAL, str(exc)))
+            except OSError:
+                pass
+        finally:
+            chan.close()
+
+    async def _dispatch(self, msg: dict, fds: list[int]) -> dict | None:
+        cmd = msg.get("cmd")
+        s = self.session
+        if cmd == "adopt":
+            if len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                return protocol.error(ErrorCode.INVALID_COMMAND, "adopt needs one fd")
+            if s.stopping:
+                os.close(fds[0])
+                return protocol.error(ErrorCode.SESSION_NOT_FOUND, f"session {s.name} is stopping")
+            await s.adopt(msg, fds[0])
+            return protocol.ok()
+        for fd in fds:
+            os.close(fd)
+        if cmd == "info":
+            return protocol.ok(session=s.info())
+        if cmd == "kill":
+            await s.kill(bool(msg.get("force")))
+            return protocol.ok()
+        if cmd == "detach_all":
+            s.detach_all()
+            return protocol.ok()
+        return protocol.error(ErrorCode.INVALID_COMMAND, f"unknown actor command {cmd!r}")
+
+
+def listen(path: str) -> socket.socket:
+    """Bind the actor socket with owner-only permissions (SEC-1)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o177)
+    try:
+        if os.path.lexists(path):
+            os.unlink(path)
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(64)
+    return sock
+
+
+def make_launcher(paths: Paths, name: str, workspace: str, table: dict) -> Launcher:
+    """The sandbox for every user-facing session; the host launcher only when a
+    test asks for it with COOP_UNSANDBOXED=1."""
+    if os.environ.get("COOP_UNSANDBOXED") == "1":
+        from coop.launcher import HostLauncher
+
+        return HostLauncher(workspace)
+    from coop.sandbox.launcher import launcher_for_session
+
+    return launcher_for_session(paths, name, workspace, table)
+
+
+async def run(paths: Paths, name: str, workspace: str, table: dict, created: int,
+              ready_fd: int) -> None:
+    """Actor main: start the session, report readiness, serve until killed."""
+    set_actor(name)
+    loop = asyncio.get_running_loop()
+    session_dir = paths.session_dir(name)
+    sock = None
+
+    def ready(answer: dict) -> None:
+        nonlocal ready_fd
+        if ready_fd >= 0:
+            os.write(ready_fd, protocol.encode_message(answer))
+            os.close(ready_fd)
+            ready_fd = -1
+
+    try:
+        session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        sock = listen(str(paths.actor_socket(name)))
+        launcher = make_launcher(paths, name, workspace, table)
+        session = Session(paths, name, workspace, table, created, launcher)
+        await session.start()
+    except LaunchError as exc:
+        log(f"failed to start: {exc}")
+        ready(protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
+        _remove_session_files(paths, name)
+        return
+    except Exception as exc:
+        log(f"failed to start: {exc!r}")
+        ready(protocol.error(ErrorCode.INTERNAL, f"session failed to start: {exc}"))
+        _remove_session_files(paths, name)
+        return
+    loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(session.kill(False)))
+    log(f"created (workspace {workspace})")
+    ready(protocol.ok(session=name, pid=os.getpid()))
+    await ActorServer(session, sock).serve()
+    sock.close()
+    _remove_session_files(paths, name)
+
+
+def _remove_session_files(paths: Paths, name: str) -> None:
+    """Remove the session directory except what must outlive it (persist)."""
+    d = paths.session_dir(name)
+    try:
+        os.unlink(paths.actor_socket(name))
+    except FileNotFoundError:
+        pass
+    if not d.is_dir():
+        return
+    for entry in os.scandir(d):
+        if entry.name == "persist":
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+            os.unlink(entry.path)
+    try:
+        d.rmdir()
+    except OSError:
+        pass

@@ -1,0 +1,438 @@
+"""Supervisor: the daemon's root process (ARCHITECTURE.md).
+
+Owns ``~/.coop/sock``: checks each peer's uid, does the handshake and
+answers commands. It keeps the session table (name → actor socket) and
+forks one session actor per session. For ``attach``, ``shell`` and ``exec``
+it hands the client's connection to the session actor by SCM_RIGHTS and
+steps out. It holds no PTY and no terminal byte, so a SIGKILL loses nothing:
+the next supervisor re-adopts the running actors through their sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import gc
+import os
+import re
+import signal
+import socket
+import stat
+import struct
+import sys
+import time
+
+from coop import __version__, coopfile, fdpass, protocol
+from coop.log import log, set_actor
+from coop.paths import Paths, home
+from coop.protocol import ErrorCode, ProtocolError
+
+HANDSHAKE_TIMEOUT = 10.0
+ACTOR_TIMEOUT = 10.0
+
+
+class SocketPathError(Exception):
+    """The socket path is unsafe to use (IPC-1)."""
+
+
+def check_socket_path(path: str) -> bool:
+    """IPC-1: True when a stale socket of ours must be replaced, False when the
+    path is free. Raises for a symlink, a non-socket or a foreign owner."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode):
+        raise SocketPathError(f"{path} is a symlink; refusing to follow it")
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketPathError(f"{path} exists and is not a socket; remove it or use --socket")
+    if st.st_uid != os.getuid():
+        raise SocketPathError(f"{path} is owned by uid {st.st_uid}, not by you")
+    return True
+
+
+def peer_uid(sock: socket.socket) -> int:
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[1]
+
+
+def session_name_for(workspace: str, taken) -> str:
+    """DMN-5: basename, lowercased, outside [a-z0-9._-] → '-', -2/-3… on collision."""
+    base = re.sub(r"[^a-z0-9._-]", "-", os.path.basename(workspace.rstrip("/")).lower())
+    base = base.strip(".") or "session"
+    name, n = base, 2
+    while name in taken:
+        name, n = f"{base}-{n}", n + 1
+    return name
+
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+class Supervisor:
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.sessions: dict[str, dict] = {}  # name → {"workspace", "pid"}
+        self.clients = 0
+        self.started = time.time()
+        self.idle_since = time.monotonic()
+        self.idle_timeout = float(os.environ.get("COOP_IDLE_TIMEOUT", "30"))
+        self.stopping = asyncio.Event()
+        self.listener: socket.socket | None = None
+        self.children: set[int] = set()
+        self.pending: set[str] = set()  # names being created
+
+    # -- start-up -----------------------------------------------------------
+
+    def bind(self) -> socket.socket:
+        path = str(self.paths.socket)
+        if check_socket_path(path):
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.connect(path)
+                raise SocketPathError(f"another daemon is listening on {path}")
+            except (ConnectionRefusedError, FileNotFoundError):
+                os.unlink(path)  # stale: nothing listens (DMN-1)
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    async def readopt(self) -> None:
+        """DMN-3/DMN-4: find running session actors through their sockets."""
+        try:
+            entries = list(os.scandir(self.paths.sessions))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            sock_path = self.paths.actor_socket(entry.name)
+            if not os.path.lexists(sock_path):
+                continue
+            try:
+                answer = await fdpass.ask(str(sock_path), {"cmd": "info"}, timeout=3)
+            except (OSError, asyncio.TimeoutError):
+                log(f"removing stale actor socket of {entry.name}")
+                try:
+                    os.unlink(sock_path)
+                except OSError:
+                    pass
+                continue
+            info = answer.get("session") or {}
+            if info.get("name") == entry.name:
+                self.sessions[entry.name] = {"workspace": info.get("workspace"), "pid": info.get("pid")}
+                log(f"re-adopted session {entry.name} (actor pid {info.get('pid')})")
+
+    # -- serving ------------------------------------------------------------
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.listener = self.bind()
+        self.paths.pidfile.write_text(f"{os.getpid()}\n")
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        loop.add_signal_handler(signal.SIGCHLD, self._reap)
+        loop.add_signal_handler(signal.SIGHUP, lambda: None)
+        await self.readopt()
+        log(f"daemon {__version__} started, pid {os.getpid()}, {len(self.sessions)} session(s)")
+        accept_task = asyncio.ensure_future(self._accept_loop())
+        idle_task = asyncio.ensure_future(self._idle_loop())
+        await self.stopping.wait()
+        accept_task.cancel()
+        idle_task.cancel()
+        await self.shutdown()
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.listener)
+            except OSError as exc:
+                log(f"accept failed: {exc}")
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                uid = peer_uid(conn)
+            except OSError:
+                conn.close()
+                continue
+            if uid != os.getuid():
+                log(f"refused connection from uid {uid}")
+                conn.close()
+                continue
+            asyncio.ensure_future(self._client(conn))
+
+    async def _idle_loop(self) -> None:
+        """DMN-2: exit after the idle timeout with nothing to do."""
+        while True:
+            await asyncio.sleep(min(1.0, max(0.05, self.idle_timeout / 10)))
+            if self.sessions or self.clients or self.pending:
+                self.idle_since = time.monotonic()
+            elif time.monotonic() - self.idle_since >= self.idle_timeout:
+                await self.refresh()
+                if not self.sessions:
+                    log("idle; exiting")
+                    self.stopping.set()
+                    return
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                self.children.discard(pid)
+
+    async def _client(self, conn: socket.socket) -> None:
+        """One client connection in command mode (IPC-2, IPC-3, IPC-4, IPC-6)."""
+        self.clients += 1
+        loop = asyncio.get_running_loop()
+        decoder = protocol.FrameDecoder()
+        handed_off = False
+        greeted = False
+        try:
+            while True:
+                frames = []
+                while not frames:
+                    timeout = None if greeted else HANDSHAKE_TIMEOUT
+                    data = await asyncio.wait_for(loop.sock_recv(conn, 65536), timeout)
+                    if not data:
+                        return
+                    try:
+                        frames = decoder.feed(data)
+                    except ProtocolError as exc:
+                        await loop.sock_sendall(conn, protocol.encode_message(exc.answer()))
+                        return
+                for i, payload in enumerate(frames):
+                    try:
+                        msg = protocol.decode_json(payload)
+                        if not greeted:
+                            answer = protocol.check_hello(msg)
+                            greeted = True
+                        else:
+                            cmd, msg = protocol.check_command(msg)
+                            if cmd in ("attach", "shell", "exec"):
+                                rest = b"".join(protocol.encode_raw(f) for f in frames[i + 1:])
+                                rest += decoder.take_rest()
+                                handed_off = await self._hand_off(conn, msg, rest)
+                                if handed_off:
+                                    return
+                                continue
+                            answer = await self._command(cmd, msg)
+                    except ProtocolError as exc:
+                        await loop.sock_sendall(conn, protocol.encode_message(exc.answer()))
+                        if exc.code in (ErrorCode.VERSION_MISMATCH,) or not greeted:
+                            return
+                        continue
+                    await loop.sock_sendall(conn, protocol.encode_message(answer))
+        except (OSError, asyncio.TimeoutError):
+            pass
+        except Exception as exc:  # IPC-6: never let one client take the daemon down
+            log(f"internal error serving a client: {exc!r}")
+            try:
+                await loop.sock_sendall(conn, protocol.encode_message(
+                    protocol.error(ErrorCode.INTERNAL, f"internal error: {exc}")))
+            except OSError:
+                pass
+        finally:
+            self.clients -= 1
+            self.idle_since = time.monotonic()
+            conn.close()
+
+    # -- commands -----------------------------------------------------------
+
+    async def _command(self, cmd: str, msg: dict) -> dict:
+        if cmd == "ls":
+            await self.refresh()
+            return protocol.ok(sessions=await self._infos())
+        if cmd == "create":
+            return await self.create(msg)
+        if cmd == "kill":
+            return await self.kill(msg)
+        if cmd == "status":
+            await self.refresh()
+            return protocol.ok(daemon={"pid": os.getpid(), "version": __version__,
+                                       "started": int(self.started),
+                                       "socket": str(self.paths.socket)},
+                               sessions=await self._infos())
+        if cmd == "shutdown":
+            asyncio.get_running_loop().call_soon(self.stopping.set)
+            return protocol.ok()
+        return protocol.error(ErrorCode.INVALID_COMMAND, f"{cmd}: not available in this daemon yet")
+
+    def find(self, ref: str) -> str:
+        """DMN-5: a session by name, or by workspace path when ``ref`` has a '/'."""
+        if "/" in ref:
+            target = os.path.realpath(ref)
+            for name, entry in self.sessions.items():
+                if entry["workspace"] == target:
+                    return name
+        elif ref in self.sessions:
+            return ref
+        raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"no session {ref!r} (see coop ls)")
+
+    async def _ask(self, name: str, msg: dict, fds=(), timeout: float = ACTOR_TIMEOUT) -> dict:
+        try:
+            return await fdpass.ask(str(self.paths.actor_socket(name)), msg, list(fds), timeout)
+        except (OSError, asyncio.TimeoutError):
+            self.sessions.pop(name, None)
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
+
+    async def refresh(self) -> None:
+        """Drop sessions whose actor no longer answers (killed, crashed)."""
+        for name in list(self.sessions):
+            if not os.path.exists(self.paths.actor_socket(name)):
+                self.sessions.pop(name, None)
+
+    async def _infos(self) -> list[dict]:
+        names = sorted(self.sessions)
+        answers = await asyncio.gather(*(self._ask(n, {"cmd": "info"}, timeout=3) for n in names),
+                                       return_exceptions=True)
+        return [a["session"] for a in answers if isinstance(a, dict) and a.get("ok")]
+
+    async def create(self, msg: dict) -> dict:
+        workspace = os.path.realpath(msg["workspace"])
+        if not os.path.isdir(workspace):
+            return protocol.error(ErrorCode.INVALID_COMMAND, f"workspace {workspace} is not a directory")
+        try:
+            table = coopfile.validate(msg.get("coopfile") or {}, source="coop.toml")
+        except coopfile.CoopfileError as exc:
+            return protocol.error(ErrorCode.INVALID_COOPFILE, str(exc))
+        name = msg.get("name")
+        taken = set(self.sessions) | self.pending
+        if name is None:
+            name = session_name_for(workspace, taken)
+        elif not NAME_RE.match(name):
+            return protocol.error(ErrorCode.INVALID_COMMAND,
+                                  f"invalid session name {name!r}: use a-z, 0-9, '.', '_', '-'")
+        elif name in taken:
+            return protocol.error(ErrorCode.SESSION_EXISTS, f"session {name!r} already exists")
+        self.pending.add(name)
+        try:
+            answer = await self._fork_actor(name, workspace, table)
+        finally:
+            self.pending.discard(name)
+        if answer.get("ok"):
+            self.sessions[name] = {"workspace": workspace, "pid": answer.get("pid")}
+        return answer
+
+    async def _fork_actor(self, name: str, workspace: str, table: dict) -> dict:
+        """Fork the session actor; it reports readiness over a pipe."""
+        from coop.actors import session as session_actor
+
+        r, w = os.pipe()
+        created = int(time.time())
+        pid = os.fork()
+        if pid == 0:  # the actor: a fresh loop, none of the supervisor's fds
+            try:
+                gc.freeze()  # never collect the parent's objects (their fds are not ours)
+                os.setsid()
+                os.closerange(3, w)
+                os.closerange(w + 1, 1 << 16)
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                asyncio.events._set_running_loop(None)
+                loop = asyncio.new_event_loop()
+                asyncio.set_event_loop(loop)
+                loop.run_until_complete(session_actor.run(self.paths, name, workspace, table,
+                                                          created, w))
+            except BaseException as exc:  # noqa: BLE001 - the child must never return
+                log(f"[{name}] actor crashed: {exc!r}")
+            finally:
+                os._exit(0)
+        os.close(w)
+        self.children.add(pid)
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        transport, _ = await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
+        try:
+            head = await asyncio.wait_for(reader.readexactly(4), 30)
+            body = await asyncio.wait_for(reader.readexactly(struct.unpack(">I", head)[0]), 5)
+            return protocol.decode_json(body)
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError):
+            return protocol.error(ErrorCode.INTERNAL, f"session {name} failed to start (see coop logs)")
+        finally:
+            transport.close()
+
+    async def kill(self, msg: dict) -> dict:
+        name = self.find(msg["session"])
+        answer = await self._ask(name, {"cmd": "kill", "force": bool(msg.get("force"))}, timeout=30)
+        self.sessions.pop(name, None)
+        return answer
+
+    async def _hand_off(self, conn: socket.socket, msg: dict, rest: bytes) -> bool:
+        """Pass the client's connection to the session actor (SCM_RIGHTS)."""
+        loop = asyncio.get_running_loop()
+        try:
+            name = self.find(msg["session"])
+            fd = os.dup(conn.fileno())
+            try:
+                answer = await self._ask(name, {"cmd": "adopt", "kind": "local", "request": msg,
+                                                "rest": base64.b64encode(rest).decode()}, [fd])
+            finally:
+                os.close(fd)
+        except ProtocolError as exc:
+            await loop.sock_sendall(conn, protocol.encode_message(exc.answer()))
+            return False
+        if not answer.get("ok"):
+            await loop.sock_sendall(conn, protocol.encode_message(answer))
+            return False
+        return True
+
+    async def shutdown(self) -> None:
+        """DMN-3: detach every client, leave sessions running, remove socket and pid."""
+        log("shutting down")
+        await asyncio.gather(*(self._ask(n, {"cmd": "detach_all"}, timeout=3)
+                               for n in list(self.sessions)), return_exceptions=True)
+        for path in (self.paths.socket, self.paths.pidfile):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        if self.listener:
+            self.listener.close()
+
+
+def lock_daemon(paths: Paths) -> int | None:
+    """DMN-1: one daemon per state dir; the loser of the race returns None."""
+    fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the detached daemon process."""
+    argv = sys.argv[1:] if argv is None else argv
+    paths = Paths.default(argv[0] if argv else None)
+    set_actor("daemon")
+    paths.ensure_state()
+    lock = lock_daemon(paths)
+    if lock is None:
+        return 0  # another daemon won the race; clients will find it
+    sup = Supervisor(paths)
+    try:
+        asyncio.run(sup.serve())
+    except SocketPathError as exc:
+        log(f"cannot start: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    os.chdir(home() if os.path.isdir(home()) else "/")
+    raise SystemExit(main())

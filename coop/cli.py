@@ -1,0 +1,343 @@
+"""Command line (SPEC §11): argument parsing and output formatting only.
+
+Imports stay lazy so that ``coop ls`` starts fast (CLI-1 bench target).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from coop import __version__
+from coop.client import ClientError
+from coop.paths import Paths, home
+
+DEFAULT_DETACH_KEYS = "ctrl-]"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad command line in one line, exit 2 (CLI-3)."""
+
+    def error(self, message: str):
+        raise ClientError(f"{message} (see {self.prog} -h)", 2)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="coop", description="Run AI coding agents in sandboxes, reachable from anywhere.")
+    p.add_argument("--version", action="version", version=f"coop {__version__}")
+    p.add_argument("--config", metavar="PATH", help="global Coopfile (default ~/.config/coop/default.toml)")
+    p.add_argument("--socket", metavar="PATH", help="daemon socket (default ~/.coop/sock, or $COOP_SOCKET)")
+    p.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="print less")
+    p.add_argument("-d", "--detach", action="store_true", help="create the session without attaching")
+    p.add_argument("-w", "--workspace", metavar="DIR", help="workspace directory (default: current)")
+    p.add_argument("-n", "--name", help="session name (default: workspace basename)")
+    p.add_argument("--agent", metavar="CMD", help="agent command (overrides [agent].command)")
+    p.add_argument("-f", "--file", metavar="PATH", help="project Coopfile (default <workspace>/coop.toml)")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="allow a workspace outside your home (SB-3)")
+    p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+
+    a = sub.add_parser("attach", help="attach to a session's PTY")
+    a.add_argument("session", nargs="?")
+    a.add_argument("--pty", type=int, default=0)
+    a.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
+                   help="key sequence that detaches (default ctrl-])")
+
+    s = sub.add_parser("shell", help="open a new shell PTY in a session")
+    s.add_argument("session", nargs="?")
+    s.add_argument("-c", dest="shell_command", metavar="CMD", help="run CMD instead of a shell")
+    s.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
+
+    e = sub.add_parser("exec", help="run a command in a session without a PTY")
+    e.add_argument("session")
+    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+
+    ls = sub.add_parser("ls", help="list sessions")
+    ls.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("kill", help="kill a session")
+    k.add_argument("session", nargs="?")
+    k.add_argument("--all", action="store_true", help="kill every session")
+    k.add_argument("-f", "--force", action="store_true", help="no grace period")
+
+    sub.add_parser("status", help="daemon and project status")
+    sub.add_parser("shutdown", help="stop the daemon (sessions keep running)")
+
+    lg = sub.add_parser("logs", help="show the daemon log or a session's events")
+    lg.add_argument("session", nargs="?")
+    lg.add_argument("-f", "--follow", action="store_true")
+    lg.add_argument("-n", "--lines", type=int, default=50)
+    return p
+
+
+# -- helpers ----------------------------------------------------------------
+
+
+def load_table(args, workspace: str) -> dict:
+    from coop import coopfile
+
+    overrides = {"agent": {"command": args.agent}} if args.agent else None
+    try:
+        loaded = coopfile.load(workspace=workspace, global_path=args.config,
+                               project_path=args.file, overrides=overrides)
+    except coopfile.CoopfileError as exc:
+        raise ClientError(str(exc), 1) from None
+    if not args.quiet:
+        for w in loaded.warnings:
+            print(f"coop: warning: {w}", file=sys.stderr)
+    return loaded.table
+
+
+def human_age(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    m, h, d = s // 60, s // 3600, s // 86400
+    if s < 3600:
+        return f"{m}m"
+    if s < 86400:
+        return f"{h}h {m % 60}m"
+    return f"{d}d {h % 24}h"
+
+
+def tilde(path: str) -> str:
+    h = str(home())
+    if path == h:
+        return "~"
+    if path.startswith(h.rstrip("/") + "/"):
+        return "~" + path[len(h.rstrip("/")):]
+    return path
+
+
+def clients_text(info: dict) -> str:
+    parts = [f"{info.get(k + '_clients', 0)} {k}" for k in ("local", "web", "tunnel")
+             if info.get(k + "_clients")]
+    return ", ".join(parts) or "-"
+
+
+def format_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def session_state(info: dict) -> str:
+    return info.get("state", "?")
+
+
+class App:
+    def __init__(self, args):
+        self.args = args
+        self.paths = Paths.default(args.socket)
+
+    def connect(self):
+        from coop.client import connect
+
+        return connect(self.paths)
+
+    def resolve_session(self, conn, ref: str | None) -> str:
+        """An explicit name/path, else the session bound to the current directory,
+        else the only session there is."""
+        if ref:
+            return ref
+        sessions = conn.request({"cmd": "ls"})["sessions"]
+        cwd = os.path.realpath(self.args.workspace or os.getcwd())
+        for s in sessions:
+            if s["workspace"] == cwd:
+                return s["name"]
+        if len(sessions) == 1:
+            return sessions[0]["name"]
+        if not sessions:
+            raise ClientError("no sessions (start one with: coop)", 3)
+        raise ClientError("several sessions; name one (see coop ls)", 3)
+
+    def attach_to(self, conn, request: dict, detach_keys: str) -> int:
+        from coop.client import attach, parse_detach_keys, terminal_size
+
+        keys = parse_detach_keys(detach_keys)
+        size = terminal_size(sys.stdin.fileno()) or terminal_size(sys.stdout.fileno())
+        if size:
+            request.update(cols=size[0], rows=size[1])
+        answer = conn.request(request)
+        return attach(conn, answer.get("session", request.get("session")), keys,
+                      quiet=self.args.quiet)
+
+    # -- commands -----------------------------------------------------------
+
+    def cmd_default(self) -> int:
+        """DMN-6: attach to this workspace's session, or create one and attach."""
+        a = self.args
+        workspace = os.path.realpath(a.workspace or os.getcwd())
+        if not os.path.isdir(workspace):
+            raise ClientError(f"workspace {workspace} is not a directory", 2)
+        table = load_table(a, workspace)
+        conn = self.connect()
+        sessions = conn.request({"cmd": "ls"})["sessions"]
+        if a.name:
+            existing = [s for s in sessions if s["name"] == a.name]
+        else:
+            existing = [s for s in sessions if s["workspace"] == workspace]
+        created = not existing
+        if existing:
+            name = existing[0]["name"]
+        else:
+            request = {"cmd": "create", "workspace": workspace, "coopfile": table,
+                       "detach": a.detach, "allow_paths": a.allow_path}
+            if a.name:
+                request["name"] = a.name
+            name = conn.request(request)["session"]
+        if a.detach:
+            if not a.quiet:
+                print(f"session {name} {'created' if created else 'exists'}")
+            return 0
+        return self.attach_to(conn, {"cmd": "attach", "session": name, "pty": 0}, a.detach_keys)
+
+    def cmd_attach(self) -> int:
+        conn = self.connect()
+        name = self.resolve_session(conn, self.args.session)
+        return self.attach_to(conn, {"cmd": "attach", "session": name, "pty": self.args.pty},
+                              self.args.detach_keys)
+
+    def cmd_shell(self) -> int:
+        conn = self.connect()
+        name = self.resolve_session(conn, self.args.session)
+        req = {"cmd": "shell", "session": name}
+        if self.args.shell_command:
+            req["command"] = self.args.shell_command
+        return self.attach_to(conn, req, self.args.detach_keys)
+
+    def cmd_exec(self) -> int:
+        from coop.client import run_exec
+
+        argv = self.args.argv
+        if argv and argv[0] == "--":
+            argv = argv[1:]
+        if not argv:
+            raise ClientError("exec needs a command: coop exec SESSION -- CMD...", 2)
+        conn = self.connect()
+        conn.request({"cmd": "exec", "session": self.args.session, "argv": argv,
+                      "stdin": not os.isatty(sys.stdin.fileno())})
+        return run_exec(conn)
+
+    def cmd_ls(self) -> int:
+        sessions = self.connect().request({"cmd": "ls"})["sessions"]
+        if self.args.json:
+            print(json.dumps({"sessions": sessions}, indent=2))
+            return 0
+        if not sessions:
+            if not self.args.quiet:
+                print("no sessions")
+            return 0
+        now = time.time()
+        rows = [["SESSION", "WORKSPACE", "STATE", "PTYS", "CLIENTS", "AGE"]]
+        for s in sessions:
+            rows.append([s["name"], tilde(s["workspace"]), session_state(s), str(len(s["ptys"])),
+                         clients_text(s), human_age(now - s["created"])])
+        print(format_table(rows))
+        return 0
+
+    def cmd_kill(self) -> int:
+        conn = self.connect()
+        if self.args.all:
+            names = [s["name"] for s in conn.request({"cmd": "ls"})["sessions"]]
+        else:
+            names = [self.resolve_session(conn, self.args.session)]
+        for name in names:
+            conn.request({"cmd": "kill", "session": name, "force": self.args.force})
+            if not self.args.quiet:
+                print(f"killed {name}")
+        return 0
+
+    def cmd_status(self) -> int:
+        answer = self.connect().request({"cmd": "status"})
+        d = answer["daemon"]
+        print(f"daemon: running, pid {d['pid']}, version {d['version']}, "
+              f"up {human_age(time.time() - d['started'])}")
+        print(f"socket: {d['socket']}")
+        print(f"sessions: {len(answer['sessions'])}")
+        workspace = os.path.realpath(self.args.workspace or os.getcwd())
+        project = self.args.file or os.path.join(workspace, "coop.toml")
+        print(f"coopfile: {project if os.path.exists(project) else '(none: ' + project + ')'}")
+        try:
+            table = load_table(self.args, workspace)
+        except ClientError as exc:
+            print(f"coopfile error: {exc}")
+            return 1
+        print(f"image: {table['base']['image']}")
+        print(f"agent: {' '.join([table['agent']['command'], *table['agent'].get('args', [])])}")
+        print(f"network: {table['network']['mode']}")
+        for s in answer["sessions"]:
+            launcher = s.get("launcher") or {}
+            extra = ", ".join(f"{k} {v}" for k, v in launcher.items())
+            print(f"  {s['name']}: {s['state']}{'; ' + extra if extra else ''}")
+        return 0
+
+    def cmd_shutdown(self) -> int:
+        from coop.client import _try_connect
+
+        sock = _try_connect(str(self.paths.socket))
+        if sock is None:
+            if not self.args.quiet:
+                print("the daemon is not running")
+            return 0
+        sock.close()
+        self.connect().request({"cmd": "shutdown"})
+        deadline = time.monotonic() + 10
+        while os.path.exists(self.paths.socket) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not self.args.quiet:
+            print("daemon stopped; sessions keep running")
+        return 0
+
+    def cmd_logs(self) -> int:
+        path = self.paths.daemon_log
+        tag = f"[{self.args.session}]" if self.args.session else None
+        try:
+            f = open(path, "r", encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            raise ClientError(f"no log yet ({path})", 1) from None
+        with f:
+            lines = [ln for ln in f if tag is None or tag in ln]
+            sys.stdout.write("".join(lines[-self.args.lines:] if self.args.lines > 0 else []))
+            sys.stdout.flush()
+            while self.args.follow:
+                line = f.readline()
+                if not line:
+                    time.sleep(0.2)
+                    continue
+                if tag is None or tag in line:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        args = build_parser().parse_args(argv)
+        app = App(args)
+        handler = getattr(app, f"cmd_{args.command or 'default'}")
+        return handler()
+    except ClientError as exc:
+        print(f"coop: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("coop: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # CLI-3: one line, traceback only with -v
+        if verbose:
+            raise
+        print(f"coop: internal error: {exc.__class__.__name__}: {exc} (run with -v for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,213 @@
+"""One PTY of a session: its process, output fan-out, scrollback and size.
+
+The console reads the PTY master as fast as the process writes (PTY-2: no
+client can slow it), keeps the last bytes in a scrollback ring (PTY-3) and
+hands every chunk to each attached client, which queues it or drops it.
+The PTY size is the smallest reported client size (PTY-4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+from typing import Protocol
+
+from coop.launcher import PtyChild, set_winsize
+from coop.scrollback import Scrollback
+
+READ_SIZE = 65536
+DEFAULT_SIZE = (80, 24)
+
+
+def dim_line(text: str) -> bytes:
+    """A notice line in the terminal stream (DMN-7), dim, on its own line."""
+    return f"\r\n\x1b[2m[{text}]\x1b[0m\r\n".encode()
+
+
+class Client(Protocol):
+    """What a console needs from an attached client, whatever its dialect."""
+
+    kind: str  # "local" | "web" | "tunnel"
+    size: tuple[int, int] | None
+
+    def output(self, data: bytes) -> None: ...
+
+    def event(self, obj: dict) -> None: ...
+
+    def end(self) -> None: ...
+
+
+class Console:
+    def __init__(self, ident: int, role: str, argv: list[str], scrollback_bytes: int):
+        self.id = ident
+        self.role = role  # "agent" | "shell"
+        self.argv = argv
+        self.scrollback = Scrollback(scrollback_bytes)
+        self.clients: list[Client] = []
+        self.child: PtyChild | None = None
+        self.state = "starting"
+        self.exit_code: int | None = None
+        self.started_at = 0.0
+        self.size = DEFAULT_SIZE
+        self._pending_input = bytearray()
+        self._writer_armed = False
+        self._loop = asyncio.get_event_loop()
+
+    # -- process ------------------------------------------------------------
+
+    def attach_process(self, child: PtyChild) -> None:
+        self.child = child
+        self.state = "running"
+        self.exit_code = None
+        self.started_at = time.monotonic()
+        set_winsize(child.master_fd, *self.size)
+        self._loop.add_reader(child.master_fd, self._on_readable)
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.pid if self.child else None
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.child.master_fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            data = b""
+        if data:
+            self.emit(data)
+        else:  # EIO: every slave fd is closed; the exit report follows
+            self._loop.remove_reader(self.child.master_fd)
+
+    def process_exited(self, code: int) -> None:
+        """Drain what the process wrote before it died, then close the PTY."""
+        child, self.child = self.child, None
+        if child is None:
+            return
+        fd = child.master_fd
+        self._loop.remove_reader(fd)
+        if self._writer_armed:
+            self._loop.remove_writer(fd)
+            self._writer_armed = False
+        self._pending_input.clear()
+        for _ in range(64):
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:
+                break
+            if not data:
+                break
+            self.emit(data)
+        os.close(fd)
+        self.state = "exited"
+        self.exit_code = code
+
+    # -- output -------------------------------------------------------------
+
+    def emit(self, data: bytes) -> None:
+        self.scrollback.append(data)
+        for client in self.clients:
+            client.output(data)
+
+    def notice(self, text: str) -> None:
+        self.emit(dim_line(text))
+
+    def broadcast(self, obj: dict) -> None:
+        for client in self.clients:
+            client.event(obj)
+
+    # -- input --------------------------------------------------------------
+
+    def write_input(self, data: bytes) -> None:
+        """Input in arrival order (PTY-1); queued while the PTY buffer is full."""
+        if self.child is None or not data:
+            return
+        if self._pending_input:
+            self._pending_input += data
+            return
+        try:
+            n = os.write(self.child.master_fd, data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return
+        if n < len(data):
+            self._pending_input += data[n:]
+            self._loop.add_writer(self.child.master_fd, self._flush_input)
+            self._writer_armed = True
+
+    def _flush_input(self) -> None:
+        try:
+            n = os.write(self.child.master_fd, self._pending_input)
+        except BlockingIOError:
+            return
+        except OSError:
+            n = len(self._pending_input)
+        del self._pending_input[:n]
+        if not self._pending_input:
+            self._loop.remove_writer(self.child.master_fd)
+            self._writer_armed = False
+
+    # -- clients ------------------------------------------------------------
+
+    def add_client(self, client: Client, offset: int | None = None) -> int:
+        """Attach and replay (PTY-3) or resume from ``offset`` (BYD-1).
+
+        Returns the stream offset of the first byte the client receives.
+        """
+        missed = self.scrollback.since(offset) if offset is not None else None
+        if missed is not None:
+            start = offset
+            if missed:
+                client.output(missed)
+        else:
+            replay = self.scrollback.replay()
+            start = self.scrollback.end - len(replay)
+            if replay:
+                client.output(replay)
+        self.clients.append(client)
+        self.resize(nudge=True)
+        return start
+
+    def replay_to(self, client: Client) -> int:
+        """A fresh screen for a client that lagged (PTY-2); returns its offset."""
+        replay = self.scrollback.replay()
+        client.output(replay)
+        return self.scrollback.end - len(replay)
+
+    def remove_client(self, client: Client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+            self.resize()
+
+    def resize(self, nudge: bool = False) -> None:
+        """PTY-4: smallest cols and rows among clients that reported a size."""
+        sizes = [c.size for c in self.clients if c.size]
+        if sizes:
+            self.size = (min(s[0] for s in sizes), min(s[1] for s in sizes))
+        if self.child is None:
+            return
+        cols, rows = self.size
+        if nudge:  # a size change makes full-screen programs repaint (SIGWINCH)
+            set_winsize(self.child.master_fd, cols, max(1, rows - 1))
+        set_winsize(self.child.master_fd, cols, rows)
+
+    def end_clients(self) -> None:
+        for client in list(self.clients):
+            client.end()
+        self.clients.clear()
+
+    def info(self) -> dict:
+        return {
+            "id": self.id,
+            "role": self.role,
+            "command": " ".join(self.argv),
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "clients": len(self.clients),
+            "size": list(self.size),
+        }
