@@ -65,6 +65,16 @@ def build_parser() -> Parser:
     k.add_argument("--all", action="store_true", help="kill every session")
     k.add_argument("-f", "--force", action="store_true", help="no grace period")
 
+    sv = sub.add_parser("serve", help="serve the web UI (browser, phone on the LAN)")
+    sv.add_argument("-p", "--port", type=int, default=8888)
+    sv.add_argument("-H", "--host", default="127.0.0.1",
+                    help="address to bind (default loopback; 0.0.0.0 for the LAN)")
+    sv.add_argument("--token", help="use this token instead of a random one")
+    sv.add_argument("--read-only-token", action="store_true",
+                    help="also print a watch-only URL")
+    sv.add_argument("--tls", action="store_true", help="HTTPS with a kept self-signed certificate")
+    sv.add_argument("--stop", action="store_true", help="stop the running web server")
+
     sub.add_parser("status", help="daemon and project status")
     sub.add_parser("shutdown", help="stop the daemon (sessions keep running)")
 
@@ -78,10 +88,21 @@ def build_parser() -> Parser:
 # -- helpers ----------------------------------------------------------------
 
 
+def print_qr(text: str) -> None:
+    """A terminal QR code (qrcode package); skipped quietly when unavailable."""
+    try:
+        import qrcode
+    except ImportError:
+        return
+    qr = qrcode.QRCode(border=1, error_correction=qrcode.constants.ERROR_CORRECT_M)
+    qr.add_data(text)
+    qr.print_ascii(out=sys.stdout, invert=True)
+
+
 def load_table(args, workspace: str) -> dict:
     from coop import coopfile
 
-    overrides = {"agent": {"command": args.agent}} if args.agent else None
+    overrides = {"agent": {"command": args.agent, "args": []}} if args.agent else None
     try:
         loaded = coopfile.load(workspace=workspace, global_path=args.config,
                                project_path=args.file, overrides=overrides)
@@ -274,6 +295,44 @@ class App:
             launcher = s.get("launcher") or {}
             extra = ", ".join(f"{k} {v}" for k, v in launcher.items())
             print(f"  {s['name']}: {s['state']}{'; ' + extra if extra else ''}")
+        return 0
+
+    def cmd_serve(self) -> int:
+        a = self.args
+        conn = self.connect()
+        if a.stop:
+            stopped = conn.request({"cmd": "serve_stop"})["stopped"]
+            if not a.quiet:
+                print("web server stopped" if stopped else "no web server was running")
+            return 0
+        if not 0 < a.port < 65536:
+            raise ClientError(f"invalid port {a.port}", 2)
+        req = {"cmd": "serve", "host": a.host, "port": a.port,
+               "read_only_token": a.read_only_token, "tls": a.tls}
+        if a.token:
+            req["token"] = a.token
+        info = conn.request(req)
+        urls = info.get("urls") or []
+        if info.get("already") and not a.quiet:
+            print("a web server is already running:")
+        for url in urls:
+            print(url)
+        if info.get("read_only_urls"):
+            print("watch-only:")
+            for url in info["read_only_urls"]:
+                print(url)
+        if info.get("fingerprint"):
+            print(f"TLS certificate sha256 fingerprint: {info['fingerprint']}")
+        lan = [u for u in urls if "127.0.0.1" not in u and "localhost" not in u]
+        if urls and not a.quiet:
+            print_qr((lan or urls)[0])
+        print("Ctrl+C stops the web server (sessions keep running)", flush=True)
+        try:
+            while conn.sock.recv(4096):  # until the daemon goes away
+                pass
+        except KeyboardInterrupt:
+            self.connect().request({"cmd": "serve_stop"})
+            print("\nweb server stopped", file=sys.stderr)
         return 0
 
     def cmd_shutdown(self) -> int:

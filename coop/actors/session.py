@@ -199,7 +199,11 @@ class Session:
             await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
             return
         filtered = kind in ("web", "tunnel")
-        client = StreamClient(kind, self, console, size, filtered=filtered,
+        if msg.get("dialect") == "websocket":  # a browser, upgraded by the web actor
+            from coop.wsclient import WebSocketClient as client_class
+        else:
+            client_class = StreamClient
+        client = client_class(kind, self, console, size, filtered=filtered,
                               read_only=bool(msg.get("read_only")))
         await loop.connect_accepted_socket(lambda: client, sock)
         offset = request.get("offset") if isinstance(request.get("offset"), int) else None
@@ -350,6 +354,13 @@ class ActorServer:
         if cmd == "detach_all":
             s.detach_all()
             return protocol.ok()
+        if cmd == "spawn_shell":  # a new shell PTY nobody is attached to yet (web API)
+            command = msg.get("command") if isinstance(msg.get("command"), str) else None
+            try:
+                console = await s.spawn_shell(command, None)
+            except LaunchError as exc:
+                return protocol.error(ErrorCode.SANDBOX_FAILED, str(exc))
+            return protocol.ok(pty=console.id)
         return protocol.error(ErrorCode.INVALID_COMMAND, f"unknown actor command {cmd!r}")
 
 

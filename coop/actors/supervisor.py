@@ -82,6 +82,7 @@ class Supervisor:
         self.listener: socket.socket | None = None
         self.children: set[int] = set()
         self.pending: set[str] = set()  # names being created
+        self.web: dict | None = None  # {"pid", "info", "config"} of the web actor
 
     # -- start-up -----------------------------------------------------------
 
@@ -173,7 +174,7 @@ class Supervisor:
         """DMN-2: exit after the idle timeout with nothing to do."""
         while True:
             await asyncio.sleep(min(1.0, max(0.05, self.idle_timeout / 10)))
-            if self.sessions or self.clients or self.pending:
+            if self.sessions or self.clients or self.pending or self.web:
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since >= self.idle_timeout:
                 await self.refresh()
@@ -190,6 +191,11 @@ class Supervisor:
                 done = pid
             if done:
                 self.children.discard(pid)
+                if self.web and self.web["pid"] == pid and not self.stopping.is_set():
+                    log("web server exited unexpectedly; restarting it")
+                    config = self.web["config"]
+                    self.web = None
+                    asyncio.ensure_future(self._start_web(config))
 
     async def _client(self, conn: socket.socket) -> None:
         """One client connection in command mode (IPC-2, IPC-3, IPC-4, IPC-6)."""
@@ -259,10 +265,16 @@ class Supervisor:
             return await self.kill(msg)
         if cmd == "status":
             await self.refresh()
+            web = self.web["info"] if self.web else None
             return protocol.ok(daemon={"pid": os.getpid(), "version": __version__,
                                        "started": int(self.started),
-                                       "socket": str(self.paths.socket)},
+                                       "socket": str(self.paths.socket),
+                                       "web": web and {"host": web["host"], "port": web["port"]}},
                                sessions=await self._infos())
+        if cmd == "serve":
+            return await self.serve_web(msg)
+        if cmd == "serve_stop":
+            return protocol.ok(stopped=self.stop_web())
         if cmd == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return protocol.ok()
@@ -325,11 +337,18 @@ class Supervisor:
         return answer
 
     async def _fork_actor(self, name: str, workspace: str, table: dict) -> dict:
-        """Fork the session actor; it reports readiness over a pipe."""
         from coop.actors import session as session_actor
 
-        r, w = os.pipe()
         created = int(time.time())
+        _pid, answer = await self.spawn_actor(
+            lambda ready: session_actor.run(self.paths, name, workspace, table, created, ready),
+            f"session {name}")
+        return answer
+
+    async def spawn_actor(self, main, what: str, timeout: float = 30) -> tuple[int, dict]:
+        """Fork an actor running ``main(ready_fd)`` on a fresh event loop; it
+        reports readiness (an IPC answer) over a pipe."""
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the actor: a fresh loop, none of the supervisor's fds
             try:
@@ -338,16 +357,15 @@ class Supervisor:
                 os.closerange(3, w)
                 os.closerange(w + 1, 1 << 16)
                 signal.set_wakeup_fd(-1)
-                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
                 asyncio.events._set_running_loop(None)
                 loop = asyncio.new_event_loop()
                 asyncio.set_event_loop(loop)
-                loop.run_until_complete(session_actor.run(self.paths, name, workspace, table,
-                                                          created, w))
+                loop.run_until_complete(main(w))
             except BaseException as exc:  # noqa: BLE001 - the child must never return
-                log(f"[{name}] actor crashed: {exc!r}")
+                log(f"{what}: actor crashed: {exc!r}")
             finally:
                 os._exit(0)
         os.close(w)
@@ -357,13 +375,49 @@ class Supervisor:
         transport, _ = await loop.connect_read_pipe(
             lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(r, "rb", 0))
         try:
-            head = await asyncio.wait_for(reader.readexactly(4), 30)
+            head = await asyncio.wait_for(reader.readexactly(4), timeout)
             body = await asyncio.wait_for(reader.readexactly(struct.unpack(">I", head)[0]), 5)
-            return protocol.decode_json(body)
+            return pid, protocol.decode_json(body)
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ProtocolError):
-            return protocol.error(ErrorCode.INTERNAL, f"session {name} failed to start (see coop logs)")
+            return pid, protocol.error(ErrorCode.INTERNAL, f"{what} failed to start (see coop logs)")
         finally:
             transport.close()
+
+    # -- web actor (WEB-1) --------------------------------------------------
+
+    async def serve_web(self, msg: dict) -> dict:
+        if self.web and self.web["pid"] in self.children:
+            return protocol.ok(**self.web["info"], already=True)
+        config = {k: msg[k] for k in ("host", "port", "token", "read_only_token", "tls") if k in msg}
+        return await self._start_web(config)
+
+    async def _start_web(self, config: dict) -> dict:
+        from coop.actors import web
+
+        pid, answer = await self.spawn_actor(lambda ready: web.run(self.paths, config, ready),
+                                             "web server")
+        if not answer.get("ok"):
+            return answer
+        info = {k: v for k, v in answer.items() if k != "ok"}
+        # a restarted web actor keeps the same address and tokens
+        self.web = {"pid": pid, "info": info,
+                    "config": {**config, "host": info["host"], "port": info["port"],
+                               "token": info["token"],
+                               **({"read_only_token": info["read_only_token"]}
+                                  if info.get("read_only_token") else {})}}
+        log(f"web server on {info['host']}:{info['port']} (pid {pid})")
+        return answer
+
+    def stop_web(self) -> bool:
+        web, self.web = self.web, None
+        if web and web["pid"] in self.children:
+            try:
+                os.kill(web["pid"], signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            log("web server stopped")
+            return True
+        return False
 
     async def kill(self, msg: dict) -> dict:
         name = self.find(msg["session"])
@@ -393,6 +447,7 @@ class Supervisor:
     async def shutdown(self) -> None:
         """DMN-3: detach every client, leave sessions running, remove socket and pid."""
         log("shutting down")
+        self.stop_web()
         await asyncio.gather(*(self._ask(n, {"cmd": "detach_all"}, timeout=3)
                                for n in list(self.sessions)), return_exceptions=True)
         for path in (self.paths.socket, self.paths.pidfile):
