@@ -54,6 +54,10 @@ class Paths:
         return self.session_dir(name) / "actor.sock"
 
     @property
+    def tunnel_socket(self) -> Path:
+        return self.state / "tunnel.sock"
+
+    @property
     def cache(self) -> Path:
         return self.state / "cache"
 

@@ -83,6 +83,7 @@ class Supervisor:
         self.children: set[int] = set()
         self.pending: set[str] = set()  # names being created
         self.web: dict | None = None  # {"pid", "info", "config"} of the web actor
+        self.tunnel_pid: int | None = None  # the tunnel actor, hosting every tunnel
 
     # -- start-up -----------------------------------------------------------
 
@@ -174,7 +175,8 @@ class Supervisor:
         """DMN-2: exit after the idle timeout with nothing to do."""
         while True:
             await asyncio.sleep(min(1.0, max(0.05, self.idle_timeout / 10)))
-            if self.sessions or self.clients or self.pending or self.web:
+            if (self.sessions or self.clients or self.pending or self.web
+                    or self.tunnel_pid in self.children):
                 self.idle_since = time.monotonic()
             elif time.monotonic() - self.idle_since >= self.idle_timeout:
                 await self.refresh()
@@ -275,6 +277,8 @@ class Supervisor:
             return await self.serve_web(msg)
         if cmd == "serve_stop":
             return protocol.ok(stopped=self.stop_web())
+        if cmd.startswith("tunnel"):
+            return await self.tunnel_request(msg)
         if cmd == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return protocol.ok()
@@ -408,6 +412,33 @@ class Supervisor:
         log(f"web server on {info['host']}:{info['port']} (pid {pid})")
         return answer
 
+    # -- tunnel actor (TUN-1) ------------------------------------------------
+
+    async def tunnel_request(self, msg: dict) -> dict:
+        """Forward a tunnel command to the tunnel actor, starting it on demand.
+        Only that actor imports aiortc (it is heavy)."""
+        if self.tunnel_pid not in self.children:
+            if msg["cmd"] != "tunnel":
+                return protocol.error(ErrorCode.INVALID_COMMAND, "no tunnel is running")
+            from coop.actors import tunnel
+
+            pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
+                                                 "tunnel")
+            if not answer.get("ok"):
+                return answer
+            self.tunnel_pid = pid
+        try:
+            return await fdpass.ask(str(self.paths.tunnel_socket), msg, timeout=30)
+        except (OSError, asyncio.TimeoutError) as exc:
+            return protocol.error(ErrorCode.INTERNAL, f"tunnel actor did not answer: {exc}")
+
+    def stop_tunnels(self) -> None:
+        if self.tunnel_pid in self.children:
+            try:
+                os.kill(self.tunnel_pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop_web(self) -> bool:
         web, self.web = self.web, None
         if web and web["pid"] in self.children:
@@ -448,6 +479,7 @@ class Supervisor:
         """DMN-3: detach every client, leave sessions running, remove socket and pid."""
         log("shutting down")
         self.stop_web()
+        self.stop_tunnels()
         await asyncio.gather(*(self._ask(n, {"cmd": "detach_all"}, timeout=3)
                                for n in list(self.sessions)), return_exceptions=True)
         for path in (self.paths.socket, self.paths.pidfile):
