@@ -58,10 +58,10 @@ WORLD = textwrap.dedent("""
 """).replace("SERVE_HTTP", SERVE_HTTP.strip())
 
 # Runs as root of a fresh user+network namespace, like the sandbox init.
-# Commands on stdin, one JSON answer per line on stdout. "lock" does what the
-# init does before starting session processes, then re-executes itself (its
-# source is its first argument) so later probes run with the capabilities a
-# session process has.
+# Commands on stdin, one JSON answer per line on stdout. "lock" installs the
+# routes as the init does, then re-executes itself (its source is its first
+# argument) in a nested user namespace, where session processes run: root
+# there, but without capabilities over the network namespace.
 SANDBOX = textwrap.dedent("""
     import errno, json, os, socket, subprocess, sys
     from coop.sandbox import network
@@ -90,8 +90,8 @@ SANDBOX = textwrap.dedent("""
         cmd, *args = line.split()
         if cmd == "lock":
             network.block_private_ranges_in_current_netns()
-            network.drop_network_admin_capabilities()
-            os.execv(sys.executable, [sys.executable, "-c", sys.argv[1], sys.argv[1]])
+            os.execvp("unshare", ["unshare", "-U", "--map-root-user", sys.executable,
+                                  "-c", sys.argv[1], sys.argv[1]])
         answer = {"probe": probe, "packet": packet_socket, "route-del": route_delete}[cmd](*args)
         print(json.dumps(answer), flush=True)
 """)

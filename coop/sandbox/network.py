@@ -14,15 +14,15 @@ three places, because no single one holds alone:
   needed for the gateway and DNS; inside it slirp4netns answers only its DNS
   forwarder and, with ``--disable-host-loopback``, does not map the gateway
   address to the host's 127.0.0.1;
-- session processes lose CAP_NET_ADMIN and CAP_NET_RAW
-  (``drop_network_admin_capabilities``), so they can neither delete those
-  routes nor hand slirp4netns hand-made frames through a packet socket.
+- session processes run in a user namespace nested below the init's, so they
+  hold no capability over the session's network namespace: they can neither
+  delete those routes nor hand slirp4netns hand-made frames through a packet
+  socket (the init's design, ``coop.sandbox.init``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import ipaddress
 import os
@@ -214,19 +214,3 @@ def block_private_ranges_in_current_netns() -> None:
             if code == 0 or (code == errno.EAFNOSUPPORT and ":" in cidr):
                 continue
             raise OSError(code, f"cannot add prohibit route {cidr}: {os.strerror(code)}")
-
-
-CAP_NET_ADMIN = 12
-CAP_NET_RAW = 13
-PR_CAPBSET_DROP = 24
-
-
-def drop_network_admin_capabilities() -> None:
-    """Remove CAP_NET_ADMIN and CAP_NET_RAW from the calling process's
-    bounding set, so nothing it executes afterwards can change the routes
-    above or write raw frames to slirp4netns (needs CAP_SETPCAP)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for cap in (CAP_NET_ADMIN, CAP_NET_RAW):
-        if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            code = ctypes.get_errno()
-            raise OSError(code, f"cannot drop capability {cap}: {os.strerror(code)}")
