@@ -212,7 +212,7 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
     os.set_blocking(winch_w, False)
     old_winch = signal.signal(signal.SIGWINCH, lambda *a: None)
     old_wakeup = signal.set_wakeup_fd(winch_w)
-    sel = selectors.DefaultSelector()
+    sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files
     try:
         if is_tty:
             tty.setraw(stdin, termios.TCSANOW)
@@ -317,12 +317,10 @@ def run_exec(conn: Connection) -> int:
     """BYD-6: relay stdin, stdout and stderr; the exit code is the command's."""
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
     sock = conn.sock
-    sel = selectors.DefaultSelector()
+    sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files
     sel.register(sock, selectors.EVENT_READ, "sock")
-    try:
+    if not os.isatty(stdin):  # a terminal's keystrokes are not a command's input
         sel.register(stdin, selectors.EVENT_READ, "stdin")
-    except (ValueError, PermissionError, OSError):
-        sock.sendall(protocol.encode_control({"type": "eof"}))
     pending = conn.leftover()
     try:
         while True:

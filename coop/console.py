@@ -154,21 +154,22 @@ class Console:
 
     # -- clients ------------------------------------------------------------
 
-    def add_client(self, client: Client, offset: int | None = None) -> int:
-        """Attach and replay (PTY-3) or resume from ``offset`` (BYD-1).
+    def add_client(self, client: Client, offset: int | None = None,
+                   announce=lambda start: None) -> int:
+        """Attach with a replay (PTY-3), or resume from ``offset`` (BYD-1).
 
-        Returns the stream offset of the first byte the client receives.
+        ``announce(start)`` runs before any byte is sent, with the stream
+        offset of the first byte the client will receive; returns that offset.
         """
         missed = self.scrollback.since(offset) if offset is not None else None
         if missed is not None:
-            start = offset
-            if missed:
-                client.output(missed)
+            start, data = offset, missed
         else:
-            replay = self.scrollback.replay()
-            start = self.scrollback.end - len(replay)
-            if replay:
-                client.output(replay)
+            data = self.scrollback.replay()
+            start = self.scrollback.end - len(data)
+        announce(start)
+        if data:
+            client.output(data)
         self.clients.append(client)
         self.resize(nudge=True)
         return start

@@ -56,7 +56,7 @@ class Coop:
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": str(self.home),
             "COOP_IDLE_TIMEOUT": str(idle_timeout),
-            "PYTHONPATH": str(REPO),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
             "LANG": "C.UTF-8",
         }
         if not sandboxed:

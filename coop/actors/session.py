@@ -209,8 +209,9 @@ class Session:
         offset = request.get("offset") if isinstance(request.get("offset"), int) else None
         answer = {"ok": True, "session": self.name, "pty": console.id}
         client.answer(answer)
-        answer["offset"] = console.add_client(client, offset)
-        client.event({"event": "attached", **answer})
+        console.add_client(client, offset,
+                           announce=lambda start: client.event({"event": "attached", **answer,
+                                                                "offset": start}))
         log(f"attached {kind} client to pty {console.id}")
         if rest:
             client.data_received(rest)

@@ -522,11 +522,12 @@ def coop_pty(c: Coop, script: str, cwd):
 
 def test_attach_from_a_pipe_streams_without_raw_mode(coop):
     start(coop)
-    proc = subprocess.Popen([sys.executable, "-m", "coop", "attach", "proj"], env=coop.env,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    script = coop.root / "input"
+    script.write_bytes(b"echo piped-$((3*3))\n")
+    with open(script, "rb") as stdin:  # EOF on stdin does not detach: output keeps flowing
+        proc = subprocess.Popen([sys.executable, "-m", "coop", "attach", "proj"], env=coop.env,
+                                stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     coop.procs.append(proc)
-    proc.stdin.write(b"echo piped-$((3*3))\n")
-    proc.stdin.close()  # EOF on stdin does not detach: output keeps flowing
     watcher = attach_raw(coop, "proj")
     watcher.read_stream_until(b"piped-9")
     coop.ok("kill", "proj", "-f")

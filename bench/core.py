@@ -1,0 +1,205 @@
+"""Core benchmark (issue 2): coop side by side with dtach, tmux and a bare PTY reader.
+
+Every peer is driven the way a user's terminal drives it: the client runs on
+a PTY whose master this script reads, like a terminal emulator would.
+
+    python3 bench/core.py [--mib 200] [--keys 500]
+
+Prints throughput (MiB/s), keystroke echo p50/p99, `coop ls` p50, session
+create → agent's first instruction p50/p95, and PSS of the supervisor and an
+idle session actor, with ratios against the peers measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.daemon import Coop, PtyProc, wait_for  # noqa: E402
+
+END = b"BENCH-END"
+
+
+def producer(mib: int) -> str:
+    return (f"sleep 0.5; yes \"$(printf %099d 0)\" | head -c {mib << 20}; echo; "
+            f"echo BENCH-\"\"END; exec cat")
+
+
+def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
+    """Read the terminal until marker; returns bytes read."""
+    total, tail = 0, b""
+    deadline = time.monotonic() + timeout
+    while marker not in tail:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {marker!r}")
+        r, _, _ = select.select([term.master], [], [], 1)
+        if r:
+            data = os.read(term.master, 1 << 20)
+            if not data:
+                raise EOFError("terminal closed")
+            total += len(data)
+            tail = (tail + data)[-64:]
+    return total
+
+
+def timed_stream(term: PtyProc, mib: int) -> float:
+    """Wait for the producer's start, then time until the end marker."""
+    t0 = time.monotonic()
+    drain_until(term, END)
+    return (mib) / (time.monotonic() - t0 - 0.5)
+
+
+def echo_latency(term: PtyProc, keys: int) -> tuple[float, float]:
+    samples = []
+    time.sleep(0.3)
+    while select.select([term.master], [], [], 0.1)[0]:
+        os.read(term.master, 1 << 20)
+    for i in range(keys):
+        ch = b"abcdefghij"[i % 10:i % 10 + 1]
+        t0 = time.perf_counter()
+        os.write(term.master, ch)
+        got = b""
+        while ch not in got:
+            select.select([term.master], [], [], 5)
+            got += os.read(term.master, 4096)
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def bare(args) -> dict:
+    term = PtyProc(["sh", "-c", producer(args.mib)], env=os.environ, cwd="/")
+    try:
+        rate = timed_stream(term, args.mib)
+        p50, p99 = echo_latency(term, args.keys)
+    finally:
+        term.close()
+    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99}
+
+
+def dtach(args, tmp) -> dict:
+    sock = f"{tmp}/dtach.sock"
+    term = PtyProc(["dtach", "-A", sock, "-z", "-r", "none", "sh", "-c", producer(args.mib)],
+                   env=os.environ, cwd="/")
+    try:
+        rate = timed_stream(term, args.mib)
+        p50, p99 = echo_latency(term, args.keys)
+    finally:
+        term.close()
+    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99}
+
+
+def tmux(args, tmp) -> dict:
+    sock = f"{tmp}/tmux.sock"
+    env = {**os.environ, "TERM": "xterm-256color"}
+    term = PtyProc(["tmux", "-S", sock, "-f", "/dev/null", "new-session", "sh", "-c",
+                    producer(args.mib)], env=env, cwd="/")
+    try:
+        rate = timed_stream(term, args.mib)
+        p50, p99 = echo_latency(term, args.keys)
+        pss = pss_kib(int(subprocess.check_output(
+            ["tmux", "-S", sock, "display", "-p", "#{pid}"]).decode().strip()))
+    finally:
+        subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
+        term.close()
+    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99, "server PSS KiB": pss}
+
+
+def pss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    return -1
+
+
+def coop(args, tmp, sandboxed: bool) -> dict:
+    c = Coop(Path(tmp) / ("sb" if sandboxed else "host"), sandboxed=sandboxed)
+    out: dict = {}
+    try:
+        ws = c.workspace("bench", f'[agent]\ncommand = "sh"\nargs = ["-c", {json.dumps(producer(args.mib))}]\n'
+                                  '[network]\nmode = "none"\n')
+        c.ok("-d", cwd=ws)
+        term = c.spawn_pty("attach", "bench", cwd=ws)
+        try:
+            out["MiB/s"] = timed_stream(term, args.mib)
+            out["echo p50 ms"], out["echo p99 ms"] = echo_latency(term, args.keys)
+        finally:
+            term.close()
+        ls = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            c.ok("ls")
+            ls.append((time.perf_counter() - t0) * 1000)
+        out["ls p50 ms"] = statistics.median(ls)
+        starts = []
+        for i in range(args.starts):
+            ws2 = c.workspace(f"s{i}", '[agent]\ncommand = "sh"\nargs = ["-c", '
+                                       '"date +%s.%N > $COOP_WORKSPACE/../started; exec cat"]\n'
+                                       '[network]\nmode = "none"\n')
+            wsfile = ws2.parent / "started"
+            if wsfile.exists():
+                wsfile.unlink()
+            t0 = time.time()
+            c.ok("-d", cwd=ws2)
+            wait_for(lambda: wsfile.exists() and wsfile.read_text().strip(), timeout=10)
+            starts.append((float(wsfile.read_text()) - t0) * 1000)
+            c.ok("kill", f"s{i}", "-f")
+        starts.sort()
+        out["create→agent p50 ms (incl. CLI)"] = statistics.median(starts)
+        out["create→agent p95 ms (incl. CLI)"] = starts[int(len(starts) * 0.95) - 1]
+        out["supervisor PSS KiB"] = pss_kib(c.daemon_pid())
+        out["idle actor PSS KiB"] = pss_kib(c.session("bench")["pid"])
+    finally:
+        c.cleanup()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mib", type=int, default=200)
+    ap.add_argument("--keys", type=int, default=500)
+    ap.add_argument("--starts", type=int, default=20)
+    ap.add_argument("--sandboxed", action="store_true", help="coop sessions in the real sandbox")
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="coop-bench-")
+    try:
+        results = {"bare PTY reader": bare(args)}
+        if shutil.which("dtach"):
+            results["dtach"] = dtach(args, tmp)
+        if shutil.which("tmux"):
+            results["tmux"] = tmux(args, tmp)
+        results["coop"] = coop(args, tmp, args.sandboxed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: list(
+        dict.fromkeys(k for r in results.values() for k in r)).index(k))
+    print(f"{'':22}" + "".join(f"{k:>14}" for k in results))
+    for k in keys:
+        print(f"{k[:22]:22}" + "".join(
+            f"{results[p][k]:14.2f}" if k in results[p] else f"{'-':>14}" for p in results))
+    c = results["coop"]
+    print()
+    print(f"coop/bare throughput  {c['MiB/s'] / results['bare PTY reader']['MiB/s']:.2f}  (target ≥ 0.8)")
+    if "dtach" in results:
+        d = results["dtach"]
+        print(f"coop/dtach throughput {c['MiB/s'] / d['MiB/s']:.2f}  (target ≥ 0.9)")
+        print(f"coop/dtach echo p50   {c['echo p50 ms'] / d['echo p50 ms']:.2f}  (target ≤ 1.5)")
+    print(f"coop ls p50           {c['ls p50 ms']:.1f} ms (target ≤ 60)")
+    print(f"idle actor PSS        {c['idle actor PSS KiB'] / 1024:.1f} MiB (target ≤ 6)")
+
+
+if __name__ == "__main__":
+    main()
