@@ -117,8 +117,9 @@ def image(layers_uncompressed: list[bytes], *, compression: str = "gzip",
           arch: str = "amd64", variant: str | None = None, env=("PATH=/bin",)) -> Built:
     media = {"gzip": LAYER_GZIP, "zstd": LAYER_ZSTD, "none": LAYER_TAR}[compression]
     blobs = [(media, compress(layer, compression)) for layer in layers_uncompressed]
+    diff_ids = [sha(layer) for layer in layers_uncompressed]
     config = {"architecture": arch, "os": "linux", "config": {"Env": list(env)},
-              "rootfs": {"type": "layers", "diff_ids": [sha(l) for l in layers_uncompressed]}}
+              "rootfs": {"type": "layers", "diff_ids": diff_ids}}
     if variant:
         config["variant"] = variant
     config_bytes = json.dumps(config).encode()
@@ -174,10 +175,10 @@ def write_layout(layout: Path, tags: dict[str, Built | dict[str, Built]]) -> Pat
 
 def write_docker_archive(path: Path, layers_uncompressed: list[bytes]) -> Path:
     """A ``docker save``-style tarball (legacy ``<id>/layer.tar`` layout)."""
+    diff_ids = [sha(layer) for layer in layers_uncompressed]
     config = json.dumps({"architecture": "amd64", "os": "linux",
                          "config": {"Env": ["PATH=/bin", "FROM_ARCHIVE=1"]},
-                         "rootfs": {"type": "layers",
-                                    "diff_ids": [sha(l) for l in layers_uncompressed]}}).encode()
+                         "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode()
     config_name = sha(config).split(":")[1] + ".json"
     members = [file(config_name, config)]
     names = []

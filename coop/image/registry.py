@@ -185,6 +185,9 @@ class RegistryClient:
         for attempt in range(self.retries + 1):
             try:
                 return action()
+            except ssl.SSLError as exc:
+                raise RegistryError(f"registry {self.registry}: {what}: TLS: "
+                                    f"{exc.reason or exc}") from None
             except _TRANSIENT as exc:
                 if attempt == self.retries:
                     raise RegistryError(f"registry {self.registry}: {what}: "
@@ -205,6 +208,8 @@ class RegistryClient:
                 body = resp.read(MAX_MANIFEST_BYTES + 1)
             finally:
                 resp.close()
+            if resp.status >= 500:
+                raise http.client.HTTPException(f"HTTP {resp.status}")
             return resp, body
 
         resp, body = self._with_retries(get, what)
@@ -219,26 +224,19 @@ class RegistryClient:
         if pinned and pinned.startswith("sha256:") and of_bytes(body) != pinned:
             raise RegistryError(f"registry {self.registry}: {what}: manifest does not match "
                                 f"its digest {pinned}")
-        try:
-            kind = media_type_of(body, resp.getheader("Content-Type"), what)
-        except ManifestError as exc:
-            raise RegistryError(str(exc)) from None
-        return body, kind
+        return body, media_type_of(body, resp.getheader("Content-Type"), what)
 
     def resolve(self, ref: Reference, platform: Platform) -> Resolved:
         """The platform manifest ``ref`` names (through an index if it is one)."""
         body, kind = self.manifest(ref.repository, ref.pin)
         digest = ref.digest or of_bytes(body)
-        try:
+        if kind in INDEX_TYPES:
+            entry = select_platform(parse_index(body, str(ref)), platform, str(ref))
+            body, kind = self.manifest(ref.repository, entry.digest)
+            digest = entry.digest
             if kind in INDEX_TYPES:
-                entry = select_platform(parse_index(body, str(ref)), platform, str(ref))
-                body, kind = self.manifest(ref.repository, entry.digest)
-                digest = entry.digest
-                if kind in INDEX_TYPES:
-                    raise ManifestError(f"{ref}: index entry {digest} is itself an index")
-            return Resolved(digest, parse_manifest(body, str(ref)))
-        except ManifestError as exc:
-            raise RegistryError(str(exc)) from None
+                raise ManifestError(f"{ref}: index entry {digest} is itself an index")
+        return Resolved(digest, parse_manifest(body, str(ref)))
 
     # -- blobs -----------------------------------------------------------
 
@@ -252,18 +250,8 @@ class RegistryClient:
                 return cache.path(blob.digest)
             if refetch:
                 part.truncate(0)
-            for attempt in range(self.retries + 1):
-                try:
-                    if self._download(repository, blob, part, progress):
-                        break
-                except _TRANSIENT as exc:
-                    if attempt == self.retries:
-                        raise RegistryError(f"registry {self.registry}: blob {blob.digest}: "
-                                            f"{exc.__class__.__name__}: {exc}") from None
-                    time.sleep(self.backoff * (2 ** attempt))
-            else:
-                raise RegistryError(f"registry {self.registry}: blob {blob.digest}: "
-                                    "download kept stopping short")
+            self._with_retries(lambda: self._download(repository, blob, part, progress),
+                               f"blob {blob.digest}")
             got = _hash_file(part)
             if got != hex_of(blob.digest):
                 part.truncate(0)
@@ -273,14 +261,14 @@ class RegistryClient:
             return cache.commit(part, blob.digest)
 
     def _download(self, repository: str, blob: Descriptor, part,
-                  progress: BlobProgress | None) -> bool:
-        """Append the rest of ``blob`` to ``part``; True when complete."""
+                  progress: BlobProgress | None) -> None:
+        """Append the rest of ``blob`` to ``part``; a short read raises (and is resumed)."""
         have = part.seek(0, os.SEEK_END)
         if have > blob.size:
             part.truncate(0)
             have = 0
         if have == blob.size:
-            return True
+            return
         headers = {"Range": f"bytes={have}-"} if have else {}
         what = f"blob {blob.digest}"
         resp = self._request(f"/v2/{repository}/blobs/{blob.digest}", headers,
@@ -296,9 +284,11 @@ class RegistryClient:
                     raise RegistryError(f"registry {self.registry}: {what}: bad Content-Range")
             elif resp.status == 416:
                 part.truncate(0)
-                return False
+                raise http.client.HTTPException("server refused to resume; starting over")
             elif resp.status == 404:
                 raise RegistryError(f"registry {self.registry}: {what} not found")
+            elif resp.status >= 500:
+                raise http.client.HTTPException(f"HTTP {resp.status}")
             elif resp.status != 200:
                 raise RegistryError(f"registry {self.registry}: {what}: HTTP {resp.status}")
             while have < blob.size:
@@ -311,7 +301,6 @@ class RegistryClient:
                     progress(have, blob.size)
         finally:
             resp.close()
-        return True
 
 
 def _scope(repository: str) -> str:
