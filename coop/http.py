@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
+from typing import Callable
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 MAX_HEADER = 16 * 1024  # WEB-2: header block
@@ -180,11 +181,22 @@ class RequestParser:
     """
 
     def __init__(
-        self, max_header: int = MAX_HEADER, max_body: int = MAX_BODY, max_target: int = MAX_TARGET
+        self,
+        max_header: int = MAX_HEADER,
+        max_body: int = MAX_BODY,
+        max_target: int = MAX_TARGET,
+        stream_body: Callable[[Request], tuple[int, Callable[[bytes], None]] | None] | None = None,
     ):
         self.max_header = max_header
         self.max_body = max_body
         self.max_target = max_target
+        # Called with each request once its head is parsed. None keeps the body in memory
+        # under max_body; (limit, sink) hands it to sink piece by piece instead, so a large
+        # upload can go to disk without a large limit for every request.
+        self.stream_body = stream_body
+        self._limit = max_body
+        self._sink: Callable[[bytes], None] | None = None
+        self._received = 0
         self._buffer = bytearray()
         self._state = _State.HEAD
         self._lines: list[bytes] = []  # head or trailer lines of the request in progress
@@ -282,11 +294,14 @@ class RequestParser:
         self._line_bytes = 0
         self._request = request
         self._body = bytearray()
+        streamed = self.stream_body(request) if self.stream_body else None
+        self._limit, self._sink = streamed or (self.max_body, None)
+        self._received = 0
         if _is_chunked(request):
             self._state = _State.CHUNK_SIZE
         else:
             self._remaining = _content_length(request)
-            if self._remaining > self.max_body:
+            if self._remaining > self._limit:
                 raise ParseError(413, "request body too large")
             self._state = _State.BODY
         if "100-continue" in request.headers.tokens("expect") and request.version == "HTTP/1.1":
@@ -300,7 +315,11 @@ class RequestParser:
             return False
         piece = self._buffer[: self._remaining]
         del self._buffer[: len(piece)]
-        self._body += piece
+        self._received += len(piece)
+        if self._sink is not None:
+            self._sink(bytes(piece))
+        else:
+            self._body += piece
         self._remaining -= len(piece)
         if not self._remaining:
             if self._state is _State.CHUNK_DATA:
@@ -314,7 +333,7 @@ class RequestParser:
         if not _HEX.fullmatch(size) or not _CHUNK_EXT.fullmatch(extension):
             raise ParseError(400, "invalid chunk size line")
         self._remaining = int(size, 16)
-        if len(self._body) + self._remaining > self.max_body:
+        if self._received + self._remaining > self._limit:
             raise ParseError(413, "request body too large")
         self._state = _State.CHUNK_DATA if self._remaining else _State.TRAILERS
 
