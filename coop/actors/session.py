@@ -379,7 +379,8 @@ def listen(path: str) -> socket.socket:
     return sock
 
 
-def make_launcher(paths: Paths, name: str, workspace: str, table: dict) -> Launcher:
+def make_launcher(paths: Paths, name: str, workspace: str, table: dict,
+                  allow_paths: list[str]) -> Launcher:
     """The sandbox for every user-facing session; the host launcher only when a
     test asks for it with COOP_UNSANDBOXED=1."""
     if os.environ.get("COOP_UNSANDBOXED") == "1":
@@ -388,11 +389,11 @@ def make_launcher(paths: Paths, name: str, workspace: str, table: dict) -> Launc
         return HostLauncher(workspace)
     from coop.sandbox.launcher import launcher_for_session
 
-    return launcher_for_session(paths, name, workspace, table)
+    return launcher_for_session(paths, name, workspace, table, allow_paths)
 
 
 async def run(paths: Paths, name: str, workspace: str, table: dict, created: int,
-              ready_fd: int) -> None:
+              ready_fd: int, allow_paths: list[str] = ()) -> None:
     """Actor main: start the session, report readiness, serve until killed."""
     set_actor(name)
     loop = asyncio.get_running_loop()
@@ -409,7 +410,7 @@ async def run(paths: Paths, name: str, workspace: str, table: dict, created: int
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         sock = listen(str(paths.actor_socket(name)))
-        launcher = make_launcher(paths, name, workspace, table)
+        launcher = make_launcher(paths, name, workspace, table, list(allow_paths))
         session = Session(paths, name, workspace, table, created, launcher)
         await session.start()
     except LaunchError as exc:

@@ -331,21 +331,45 @@ class Supervisor:
                                   f"invalid session name {name!r}: use a-z, 0-9, '.', '_', '-'")
         elif name in taken:
             return protocol.error(ErrorCode.SESSION_EXISTS, f"session {name!r} already exists")
+        allow_paths = [p for p in msg.get("allow_paths") or [] if isinstance(p, str)]
+        refusal = self._check_start(workspace, table, allow_paths)
+        if refusal:
+            return refusal
         self.pending.add(name)
         try:
-            answer = await self._fork_actor(name, workspace, table)
+            answer = await self._fork_actor(name, workspace, table, allow_paths)
         finally:
             self.pending.discard(name)
         if answer.get("ok"):
             self.sessions[name] = {"workspace": workspace, "pid": answer.get("pid")}
         return answer
 
-    async def _fork_actor(self, name: str, workspace: str, table: dict) -> dict:
+    def _check_start(self, workspace: str, table: dict, allow_paths: list[str]) -> dict | None:
+        """Refuse before forking what the sandbox would refuse (SB-3, CF-5)."""
+        if os.environ.get("COOP_UNSANDBOXED") == "1":
+            return None
+        from coop.image.build import rootfs_for
+        from coop.sandbox.source import check_source
+        from coop.sandbox.syscalls import SandboxError
+
+        try:
+            check_source(workspace, str(home()), allow_paths, [str(self.paths.state)])
+        except SandboxError as exc:
+            return protocol.error(ErrorCode.PERMISSION_DENIED, str(exc))
+        if rootfs_for(table, self.paths.state) is None:
+            return protocol.error(ErrorCode.ROOTFS_NOT_BUILT,
+                                  f"the rootfs for image {table['base']['image']!r} is not built "
+                                  "(or the Coopfile changed); run: coop init")
+        return None
+
+    async def _fork_actor(self, name: str, workspace: str, table: dict,
+                          allow_paths: list[str]) -> dict:
         from coop.actors import session as session_actor
 
         created = int(time.time())
         _pid, answer = await self.spawn_actor(
-            lambda ready: session_actor.run(self.paths, name, workspace, table, created, ready),
+            lambda ready: session_actor.run(self.paths, name, workspace, table, created, ready,
+                                            allow_paths),
             f"session {name}")
         return answer
 
