@@ -244,3 +244,31 @@ class TempUser:
     def delete(self) -> None:
         subprocess.run(["userdel", self.name], capture_output=True)
         subprocess.run(["rm", "-rf", "--", str(self.home)], capture_output=True)
+
+
+STEP_SCRIPT = r"""
+R=$COOP_STEP_ROOT; C=$COOP_STEP_CMD; LOWER_HOST=$COOP_STEP_HOST
+unset COOP_STEP_ROOT COOP_STEP_CMD COOP_STEP_HOST
+if [ -n "$LOWER_HOST" ]; then
+    W=$(mktemp -d "$R/../.work.XXXXXX"); M=$(mktemp -d "$R/../.merged.XXXXXX")
+    /usr/bin/mount -t overlay overlay -o "lowerdir=/,upperdir=$R,workdir=$W" "$M" || exit 99
+    R=$M
+fi
+[ -d "$R/proc" ] && /usr/bin/mount -t proc proc "$R/proc"
+[ -d "$R/dev" ] && /usr/bin/mount --rbind /dev "$R/dev"
+[ -f "$R/etc/resolv.conf" ] && /usr/bin/mount --bind /etc/resolv.conf "$R/etc/resolv.conf"
+/usr/sbin/chroot "$R" /bin/sh -c "$C"
+code=$?
+[ -n "$LOWER_HOST" ] && /usr/bin/umount -l "$M" && rm -rf "$W" "$M"
+exit $code
+"""
+
+
+def chroot_step(rootfs: Path, command: str, env: dict, *, host_lower: bool,
+                unshare: tuple = ("--mount", "--pid", "--fork")) -> int:
+    """A test ``run_step``: the command runs with the rootfs's own /bin/sh in a
+    private mount namespace (as root: proc, /dev and resolv.conf mounted in)."""
+    full = dict(env, COOP_STEP_ROOT=str(rootfs), COOP_STEP_CMD=command,
+                COOP_STEP_HOST="1" if host_lower else "")
+    return subprocess.run(["/usr/bin/unshare", *unshare, "--propagation", "private",
+                           "/bin/sh", "-c", STEP_SCRIPT], env=full, timeout=600).returncode
