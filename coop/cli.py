@@ -291,10 +291,19 @@ class App:
         print(f"image: {table['base']['image']}")
         print(f"agent: {' '.join([table['agent']['command'], *table['agent'].get('args', [])])}")
         print(f"network: {table['network']['mode']}")
+        try:
+            from coop.image.build import status_lines
+
+            for line in status_lines(table, self.paths.state):
+                print(line)
+        except Exception as exc:  # a broken rootfs store must not hide the rest
+            print(f"rootfs: unknown ({exc})")
         for s in answer["sessions"]:
-            launcher = s.get("launcher") or {}
-            extra = ", ".join(f"{k} {v}" for k, v in launcher.items())
-            print(f"  {s['name']}: {s['state']}{'; ' + extra if extra else ''}")
+            print(f"session {s['name']}: {s['state']}, actor pid {s['pid']}")
+            for key, value in (s.get("launcher") or {}).items():
+                if isinstance(value, dict):
+                    value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none set"
+                print(f"  {key}: {value}")
         return 0
 
     def cmd_serve(self) -> int:

@@ -1,0 +1,178 @@
+"""Sessions through the real daemon in the real sandbox, as root and as an
+unprivileged user created here (SB-1, SB-5, SB-6, CF-4, CF-5, DMN-7)."""
+
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import REPO, Coop, wait_for
+
+SECRET = "s3cr3t-value-4b1e9c"
+USER = "coop-e2e"
+
+
+def exec_out(c: Coop, session: str, script: str) -> str:
+    res = c.run("exec", session, "--", "sh", "-c", script)
+    assert res.returncode == 0, res.stderr.decode()
+    return res.stdout.decode()
+
+
+@pytest.fixture
+def sandboxed(tmp_path):
+    c = Coop(tmp_path, sandboxed=True)
+    c.env["COOP_TEST_SECRET"] = SECRET
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def test_session_runs_in_the_sandbox(sandboxed):
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n'
+                             '[env]\nFROM_HOST = "$COOP_TEST_SECRET"\nLITERAL = "$$HOME"\n')
+    c.ok("-d", cwd=ws)
+    out = exec_out(c, "proj", "cat /proc/1/cmdline | tr '\\0' ' '; echo; hostname; id -u; pwd; "
+                              "echo $HOME $USER $COOP_SESSION $COOP_WORKSPACE $IS_SANDBOX $LITERAL; "
+                              "test \"$FROM_HOST\" = \"$(printf %s s3cr3t-value-4b1e9c)\" && echo "
+                              "secret-ok; ls /proc | grep -c '^[0-9]'")
+    lines = out.splitlines()
+    assert "coop" in lines[0]  # PID 1 is coop's init
+    assert lines[1] == "proj"
+    assert lines[2] == "0"
+    assert lines[3] == "/workspace"
+    assert lines[4] == f"/root root proj {ws} 1 $HOME"
+    assert lines[5] == "secret-ok"
+    assert int(lines[6]) < 10  # only the session's processes
+    # the agent's terminal is a PTY of the session's own devpts
+    from tests.e2e.test_daemon import attach_raw
+
+    cl = attach_raw(c, "proj")
+    cl.send_data(b"tty; echo t-$((2+2))\n")
+    out, _ = cl.read_stream_until(b"t-4")
+    assert b"/dev/pts/0" in out
+
+
+def test_secrets_never_reach_files_logs_or_ipc(sandboxed):
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n'
+                             '[env]\nTOKEN = "$COOP_TEST_SECRET"\n')
+    c.ok("-d", cwd=ws)
+    assert exec_out(c, "proj", 'test -n "$TOKEN" && echo set') == "set\n"
+    c.ok("shell", "proj", "-c", "true")
+    assert SECRET not in c.ok("ls", "--json") and SECRET not in c.ok("status", cwd=ws)
+    c.ok("kill", "proj")
+    leaks = []
+    for root, _dirs, files in os.walk(c.state):
+        for name in files:
+            p = os.path.join(root, name)
+            if not stat.S_ISREG(os.lstat(p).st_mode):
+                continue
+            if SECRET.encode() in Path(p).read_bytes():
+                leaks.append(p)
+    assert leaks == []
+    assert SECRET not in c.log()
+
+
+def test_agent_restart_keeps_the_namespaces(sandboxed):
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n'
+                             '[session]\nrestart_delay_ms = 10\n')
+    c.ok("-d", cwd=ws)
+    from tests.e2e.test_daemon import attach_raw
+
+    cl = attach_raw(c, "proj")
+    cl.send_data(b"echo ns=$(readlink /proc/self/ns/mnt); exit 3\n")
+    before, _ = cl.read_stream_until(b"restarting in 10 ms")
+    wait_for(lambda: c.session("proj")["ptys"][0]["state"] == "running", what="restart")
+    cl.send_data(b"echo ns=$(readlink /proc/self/ns/mnt)\n")
+    after, _ = cl.read_stream_until(b"]\r\n")
+    ns = [line for line in before.split(b"\r\n") if line.startswith(b"ns=mnt")]
+    ns2 = [line for line in after.split(b"\r\n") if line.startswith(b"ns=mnt")]
+    assert ns and ns2 and ns[0] == ns2[-1]
+
+
+def test_stale_rootfs_exits_5(sandboxed):
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "sh"\n[setup]\nrun = ["true"]\n')
+    res = c.run("-d", cwd=ws)
+    assert res.returncode == 5
+    err = res.stderr.decode()
+    assert "coop init" in err and err.count("\n") == 1
+
+
+def test_workspace_outside_home_is_refused(sandboxed, tmp_path):
+    c = sandboxed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "coop.toml").write_text('[agent]\ncommand = "sh"\n')
+    res = c.run("-d", cwd=outside)
+    assert res.returncode == 1 and "home" in res.stderr.decode()
+    c.ok("-d", "--allow-path", str(outside), cwd=outside)
+
+
+# -- as an unprivileged user -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def user_world():
+    """A real unprivileged user and a copy of coop it can read."""
+    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+    subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
+    pw = pwd.getpwnam(USER)
+    src = tempfile.mkdtemp(prefix="coop-src-")
+    os.chmod(src, 0o755)
+    shutil.copytree(REPO / "coop", Path(src) / "coop",
+                    ignore=shutil.ignore_patterns("__pycache__", "vendor"))
+    for root, dirs, files in os.walk(src):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o755)
+        for f in files:
+            os.chmod(os.path.join(root, f), 0o644)
+    try:
+        yield pw, src
+    finally:
+        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
+        subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+        shutil.rmtree(src, ignore_errors=True)
+
+
+def as_user(pw, src, *args, cwd=None, timeout=60):
+    env = ["env", "-i", f"HOME={pw.pw_dir}", "PATH=/usr/bin:/bin", f"PYTHONPATH={src}",
+           "COOP_IDLE_TIMEOUT=30", "LANG=C.UTF-8"]
+    return subprocess.run(["runuser", "-u", USER, "--", *env, "/usr/bin/python3", "-m", "coop",
+                           *args], cwd=cwd or pw.pw_dir, capture_output=True, timeout=timeout)
+
+
+def test_unprivileged_user_session(user_world):
+    pw, src = user_world
+    ws = Path(pw.pw_dir) / "proj"
+    subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", str(ws)], check=True)
+    subprocess.run(["runuser", "-u", USER, "--", "sh", "-c",
+                    f"printf '[agent]\\ncommand = \"sh\"\\n[network]\\nmode = \"none\"\\n' "
+                    f"> {ws}/coop.toml"], check=True)
+    try:
+        res = as_user(pw, src, "-d", cwd=ws)
+        assert res.returncode == 0, res.stderr.decode()
+        res = as_user(pw, src, "exec", "proj", "--", "sh", "-c",
+                      "id -u; cat /proc/self/uid_map; hostname; echo hi > /workspace/f; "
+                      "touch /usr/x 2>/dev/null && echo wrote-usr || echo usr-ro")
+        assert res.returncode == 0, res.stderr.decode()
+        lines = res.stdout.decode().splitlines()
+        assert lines[0] == "0"
+        assert lines[1].split()[:3] == ["0", str(pw.pw_uid), "1"]
+        assert lines[2] == "proj"
+        assert lines[3] == "usr-ro"
+        assert (ws / "f").read_text() == "hi\n" and (ws / "f").stat().st_uid == pw.pw_uid
+        sessions = json.loads(as_user(pw, src, "ls", "--json").stdout)["sessions"]
+        assert [s["name"] for s in sessions] == ["proj"]
+    finally:
+        as_user(pw, src, "kill", "--all", "-f")
+        as_user(pw, src, "shutdown")
