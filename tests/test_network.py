@@ -269,3 +269,34 @@ def test_slirp4netns_failure_is_a_one_line_launch_error():
         asyncio.run(network.start_veth(dead.pid, lambda event: None))
     assert str(raised.value).startswith("slirp4netns failed configuring the session network:")
     assert "\n" not in str(raised.value)
+
+
+def test_slirp4netns_dying_is_reported():
+    # In an outer namespace with nothing but loopback: slirp4netns reaches nothing.
+    script = textwrap.dedent("""
+        import asyncio, subprocess, sys
+        from coop.sandbox import network
+        async def main():
+            sandbox = subprocess.Popen(["unshare", "-Un", "--map-root-user", "sh", "-c",
+                                        "echo ready; exec sleep 60"], stdout=subprocess.PIPE)
+            try:
+                assert sandbox.stdout.readline() == b"ready\\n"
+                events = []
+                handle = await network.start_veth(sandbox.pid, events.append)
+                handle.process.kill()
+                for _ in range(500):  # up to 5 s for the report
+                    if events:
+                        break
+                    await asyncio.sleep(0.01)
+                await handle.close()
+                print(events)
+            finally:
+                sandbox.kill()
+                sandbox.wait()
+        asyncio.run(main())
+    """)
+    done = subprocess.run(["unshare", "-Urn", sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=30, env={**os.environ, "PYTHONPATH": REPO})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['network: slirp4netns exited unexpectedly (status -9)']"
+
