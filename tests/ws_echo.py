@@ -1,4 +1,5 @@
-"""WebSocket echo server for conformance and interop tests: ``python3 tests/ws_echo.py PORT``.
+"""WebSocket echo server for conformance and interop tests: ``python3 tests/ws_echo.py PORT``
+(port 0 picks a free one); tests start it with :func:`running`.
 
 A thin asyncio shell around coop.http and coop.websocket, not part of the
 product. Prints ``listening on HOST:PORT`` once it accepts connections.
@@ -7,8 +8,12 @@ product. Prints ``listening on HOST:PORT`` once it accepts connections.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
+import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from coop import http, websocket  # noqa: E402
@@ -82,3 +87,21 @@ async def main(port: int) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(int(sys.argv[1])))
+
+
+@contextlib.contextmanager
+def running(timeout: float = 10.0) -> Iterator[int]:
+    """Run this server in a child process on a free loopback port; yield the port."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "0"], stdout=subprocess.PIPE
+    )
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], timeout)
+        line = process.stdout.readline().decode() if ready else ""
+        if not line.startswith("listening on "):
+            raise RuntimeError(f"echo server did not start: {line!r}")
+        yield int(line.rsplit(":", 1)[1])
+    finally:
+        process.kill()
+        process.wait()
+        process.stdout.close()
