@@ -14,9 +14,10 @@ import pytest
 from coop.coopfile import build_hash, validate
 from coop.image.build import (BuildError, Rootfs, ensure_rootfs, gc, plan, rootfs_for,
                               status_lines)
+from coop.image.error import ImageError
 from coop.image.progress import Extract, Note, Step
 from tests.image_fixture import (BUSYBOX, TempUser, busybox_members, chroot_step, file, image,
-                                 tar_bytes, write_docker_archive, write_layout)
+                                 sha, tar_bytes, write_docker_archive, write_layout)
 from tests.registry_fixture import Registry
 
 BASE = tar_bytes(busybox_members())
@@ -248,3 +249,17 @@ def test_notes_for_unknown_managers_reach_progress(layout, state):
     ensure_rootfs(table(f"oci:{layout}", packages={"brew": ["x"]}), state,
                   progress=events.append)
     assert Note("skipping [packages].brew: unknown package manager") in events
+
+
+def test_tampered_local_layout_is_refused_and_nothing_published(tmp_path, state):
+    built = image([BASE, EXTRA])
+    layout = write_layout(tmp_path / "layout", {"latest": built})
+    blob = layout / "blobs" / "sha256" / sha(built.layers[1][1]).split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF  # still valid gzip framing up to the trailer; the digest must catch it
+    blob.write_bytes(bytes(data))
+    t = table(f"oci:{layout}")
+    with pytest.raises(ImageError, match="does not match"):
+        ensure_rootfs(t, state)
+    assert rootfs_for(t, state) is None
+    assert [p.name for p in (state / "rootfs").iterdir() if not p.name.endswith(".lock")] == []

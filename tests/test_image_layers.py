@@ -110,6 +110,8 @@ HOSTILE = {
     "hardlink-missing": ([hardlink("pw", "not/there")], "not a file in the rootfs"),
     "whiteout-dotdot": ([file(".wh..."), ], "invalid whiteout"),
     "file-below-file": ([file("f", b"1"), file("f/x", b"2")], "not a directory"),
+    "too-deep": ([file("d/" * 200 + "f", b"1")], "deeper than 128"),
+    "absurd-mtime": ([file("t", b"1", mtime=10**30)], "t: "),
 }
 
 

@@ -32,6 +32,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 _MAX_CACHED_DIRS = 256
+MAX_DEPTH = 128
+MAX_NAME = 4096
 
 
 class LayerError(ImageError):
@@ -57,7 +59,8 @@ class Stats:
 
 
 def split_name(name: str) -> tuple[str, ...]:
-    """Archive name -> path components; ValueError if it could leave the root."""
+    """Archive name -> path components; ValueError if it could leave the root
+    (or nest deeper than any real image, which would make cleanup recursive without end)."""
     if name.startswith("/"):
         raise ValueError("absolute path")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
@@ -65,6 +68,8 @@ def split_name(name: str) -> tuple[str, ...]:
         raise ValueError("path contains '..'")
     if "\0" in name:
         raise ValueError("path contains a NUL byte")
+    if len(parts) > MAX_DEPTH or len(name) > MAX_NAME:
+        raise ValueError(f"path deeper than {MAX_DEPTH} levels or longer than {MAX_NAME} bytes")
     return parts
 
 
@@ -347,7 +352,7 @@ def extract(raw, target: os.PathLike | str, *, digest: str, limits: Limits = Lim
         current = "(directory metadata)"
         ex.finish()
         return ex.stats
-    except (ValueError, OSError, tarfile.TarError, EOFError, zlib.error) as exc:
+    except (ValueError, OverflowError, OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise LayerError(f"layer {digest}: {current}: {reason}") from None
     finally:

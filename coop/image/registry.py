@@ -111,7 +111,8 @@ class RegistryClient:
                 url = urllib.parse.urljoin(url, location)
                 continue
             return resp
-        raise RegistryError(f"registry {self.registry}: too many redirects for {url}")
+        raise RegistryError(f"registry {self.registry}: too many redirects "
+                            f"(last to {urllib.parse.urlsplit(url).netloc})")
 
     def _auth_header(self, scope: str) -> dict:
         if scope in self._tokens:
@@ -215,6 +216,9 @@ class RegistryClient:
         resp, body = self._with_retries(get, what)
         if resp.status == 404:
             raise RegistryError(f"registry {self.registry}: {what} not found")
+        if resp.status == 429:
+            raise RegistryError(f"registry {self.registry}: {what}: rate limited (HTTP 429); "
+                                "try again later or log in")
         if resp.status != 200:
             raise RegistryError(f"registry {self.registry}: {what}: HTTP {resp.status}")
         if len(body) > MAX_MANIFEST_BYTES:
