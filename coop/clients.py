@@ -73,16 +73,18 @@ def notice_bytes(blocked: list[bytes], ctrl_c: int) -> bytes:
     return (BLOCK_NOTICE if blocked else b"") + (CTRL_C_NOTICE if ctrl_c else b"")
 
 
-class StreamClient(asyncio.Protocol):
-    """An attached client speaking IPC stream frames."""
+class QueuedClient(asyncio.Protocol):
+    """What every attached client shares, whatever its dialect: the input path,
+    the bounded output queue with lag and replay (PTY-2), resize and detach
+    bookkeeping. A dialect writes frames (``_write_output``, ``event``) and
+    reads them (``data_received``)."""
 
     def __init__(self, kind: str, session, console, size, *, filtered: bool, read_only: bool):
         self.kind = kind
         self.session = session
         self.console = console
-        self.size = size
+        self.size = None if read_only else size  # watchers never shrink the PTY (PTY-4)
         self.transport: asyncio.Transport | None = None
-        self._decoder = protocol.FrameDecoder()
         self._paused = False
         self._dropped = 0
         self._closing = False
@@ -94,33 +96,6 @@ class StreamClient(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         transport.set_write_buffer_limits(high=QUEUE_LIMIT, low=QUEUE_LIMIT // 4)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            frames = self._decoder.feed(data)
-            for payload in frames:
-                kind, body = protocol.split_stream_frame(payload)
-                if kind == FrameType.DATA:
-                    self.input.feed(body)
-                elif kind == FrameType.CONTROL:
-                    self._control(protocol.decode_json(body))
-        except protocol.ProtocolError as exc:
-            self.event({"event": "error", **exc.answer()})
-            self.end()
-
-    def _control(self, msg: dict) -> None:
-        kind = msg.get("type") or msg.get("cmd")
-        if kind == "resize":
-            cols, rows = msg.get("cols"), msg.get("rows")
-            if isinstance(cols, int) and isinstance(rows, int) and 0 < cols < 10000 and 0 < rows < 10000:
-                self.size = (cols, rows)
-                self.console.resize()
-        elif kind == "detach":
-            self.event({"ok": True})
-            self.end()
-        else:
-            self.event({"event": "error", **protocol.error(
-                protocol.ErrorCode.INVALID_COMMAND, f"unknown control message {kind!r}")})
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -149,6 +124,62 @@ class StreamClient(asyncio.Protocol):
         if self._paused:
             self._dropped += len(data)
             return
+        self._write_output(data)
+
+    def _write_output(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def event(self, obj: dict) -> None:
+        raise NotImplementedError
+
+    # -- from the client ----------------------------------------------------
+
+    def resize(self, cols, rows) -> None:
+        if self.input.read_only:
+            return
+        if isinstance(cols, int) and isinstance(rows, int) and 0 < cols < 10000 and 0 < rows < 10000:
+            self.size = (cols, rows)
+            self.console.resize()
+
+    def _on_blocked(self, blocked: list[bytes], ctrl_c: int) -> None:
+        self.output(notice_bytes(blocked, ctrl_c))
+        if blocked:
+            self.event({"event": "blocked", "sequences": [b.decode("latin-1") for b in blocked]})
+            log(f"blocked input from {self.kind} client")
+
+
+class StreamClient(QueuedClient):
+    """An attached client speaking IPC stream frames."""
+
+    def __init__(self, kind: str, session, console, size, *, filtered: bool, read_only: bool):
+        super().__init__(kind, session, console, size, filtered=filtered, read_only=read_only)
+        self._decoder = protocol.FrameDecoder()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+            for payload in frames:
+                kind, body = protocol.split_stream_frame(payload)
+                if kind == FrameType.DATA:
+                    self.input.feed(body)
+                elif kind == FrameType.CONTROL:
+                    self._control(protocol.decode_json(body))
+        except protocol.ProtocolError as exc:
+            self.event({"event": "error", **exc.answer()})
+            self.end()
+
+    def _control(self, msg: dict) -> None:
+        kind = msg.get("type") or msg.get("cmd")
+        if kind == "resize":
+            self.resize(msg.get("cols"), msg.get("rows"))
+        elif kind == "detach":
+            self.event({"ok": True})
+            self.end()
+        else:
+            self.event({"event": "error", **protocol.error(
+                protocol.ErrorCode.INVALID_COMMAND, f"unknown control message {kind!r}")})
+
+    def _write_output(self, data: bytes) -> None:
         self.transport.writelines(protocol.encode_data(data))
 
     def event(self, obj: dict) -> None:
@@ -163,12 +194,6 @@ class StreamClient(asyncio.Protocol):
         if not self._closing:
             self._closing = True
             self.transport.close()
-
-    def _on_blocked(self, blocked: list[bytes], ctrl_c: int) -> None:
-        self.output(notice_bytes(blocked, ctrl_c))
-        if blocked:
-            self.event({"event": "blocked", "sequences": [b.decode("latin-1") for b in blocked]})
-            log(f"blocked input from {self.kind} client")
 
 
 class ExecClient(asyncio.Protocol):
