@@ -11,7 +11,6 @@ the previous rootfs in place.
 from __future__ import annotations
 
 import shlex
-import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -194,6 +193,8 @@ def _from_dir(path: Path, rootfs: Path, has_steps: bool, meta: dict) -> None:
     if not has_steps:
         meta["lower"] = str(path)
         return
+    import subprocess
+
     done = subprocess.run(["cp", "-a", "--", f"{path}/.", str(rootfs)],
                           stderr=subprocess.PIPE, text=True)
     if done.returncode != 0:

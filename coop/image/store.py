@@ -11,8 +11,6 @@ directories belong to a dead build.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import fcntl
 import json
@@ -40,7 +38,9 @@ class Entry:
 
 def _exchange(a: Path, b: Path) -> bool:
     """Atomically swap two paths (renameat2); False when the kernel/libc cannot."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    import ctypes  # only on publish: keeps `coop init` on a built hash fast
+
+    libc = ctypes.CDLL(None, use_errno=True)
     renameat2 = getattr(libc, "renameat2", None)
     if renameat2 is None:
         return False
