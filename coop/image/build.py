@@ -117,7 +117,7 @@ def rootfs_for(table: dict, state_dir: Path) -> Rootfs | None:
 
 def ensure_rootfs(table: dict, state_dir: Path, *, no_cache: bool = False, force: bool = False,
                   progress: Progress = ignore, run_step: RunStep | None = None) -> Rootfs:
-    """``coop init`` / ``coop rebuild``: build unless this hash is built (or ``force``)."""
+    """``coop init`` (build unless this hash is built) and ``coop rebuild`` (``force``)."""
     if not force:
         found = rootfs_for(table, state_dir)
         if found is not None:
@@ -128,14 +128,6 @@ def ensure_rootfs(table: dict, state_dir: Path, *, no_cache: bool = False, force
             entry = store.find(build_hash(table))
             if entry:
                 return _rootfs(entry)
-        return _build_locked(table, state_dir, no_cache, progress, run_step)
-
-
-def build(table: dict, state_dir: Path, *, no_cache: bool = False,
-          progress: Progress = ignore, run_step: RunStep | None = None) -> Rootfs:
-    """Build this Coopfile's rootfs from scratch and publish it under its hash."""
-    store, _ = _paths(state_dir)
-    with store.lock(build_hash(table)):
         return _build_locked(table, state_dir, no_cache, progress, run_step)
 
 
