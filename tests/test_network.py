@@ -45,6 +45,7 @@ def serve(address, name, port=8080):
 # on the internet and LAN addresses; each answer names the host that sent it.
 WORLD = textwrap.dedent("""
     import socketserver, subprocess, sys, threading
+    print("in world namespace", flush=True)
     sys.stdin.readline()  # the outer side has moved ext1 in
     for cmd in ("ip link set lo up", "ip addr add 198.51.100.254/24 dev ext1",
                 "ip addr add 192.168.77.1/32 dev ext1", "ip link set ext1 up",
@@ -146,6 +147,7 @@ SCENARIO = textwrap.dedent("""
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     sandbox = None
     try:
+        assert world.stdout.readline() == "in world namespace\\n"
         run("ip link add ext0 type veth peer name ext1")
         run(f"ip link set ext1 netns {world.pid}")
         run("ip addr add 198.51.100.1/24 dev ext0")
