@@ -14,7 +14,9 @@ import os
 import time
 from typing import Protocol
 
+from coop.attention import WAITING, Attention
 from coop.launcher import PtyChild, set_winsize
+from coop.recording import Recorder
 from coop.scrollback import Scrollback
 
 READ_SIZE = 65536
@@ -39,8 +41,13 @@ class Client(Protocol):
     def end(self) -> None: ...
 
 
+def _no_callback(console, state):
+    pass
+
+
 class Console:
-    def __init__(self, ident: int, role: str, argv: list[str], scrollback_bytes: int):
+    def __init__(self, ident: int, role: str, argv: list[str], scrollback_bytes: int,
+                 attention_quiet_ms: int = 3000, on_attention=_no_callback):
         self.id = ident
         self.role = role  # "agent" | "shell"
         self.argv = argv
@@ -54,6 +61,10 @@ class Console:
         self._pending_input = bytearray()
         self._writer_armed = False
         self._loop = asyncio.get_event_loop()
+        self.attention = Attention(attention_quiet_ms)  # BYD-2
+        self._on_attention = on_attention
+        self._attention_timer: asyncio.TimerHandle | None = None
+        self.recorder: Recorder | None = None  # BYD-3
 
     # -- process ------------------------------------------------------------
 
@@ -110,8 +121,45 @@ class Console:
 
     def emit(self, data: bytes) -> None:
         self.scrollback.append(data)
+        if self.recorder:
+            self.recorder.output(data)
+        changed = self.attention.feed(data)
+        if changed:
+            self._on_attention(self, changed)
+        if self._attention_timer is None:
+            self._arm_attention()
         for client in self.clients:
             client.output(data)
+
+    # -- attention (BYD-2) and recording (BYD-3) ----------------------------
+
+    def _arm_attention(self) -> None:
+        due = self.attention.deadline()
+        if due is not None:  # Attention's clock is time.monotonic, like loop.time()
+            self._attention_timer = self._loop.call_at(due, self._attention_due)
+
+    def _attention_due(self) -> None:
+        self._attention_timer = None
+        changed = self.attention.tick()
+        if changed:
+            self._on_attention(self, changed)
+        else:
+            self._arm_attention()  # output came meanwhile: the deadline moved
+
+    def start_recording(self, directory) -> None:
+        if self.recorder is None:
+            self.recorder = Recorder(directory, self.id, *self.size)
+
+    def stop_recording(self) -> None:
+        if self.recorder:
+            self.recorder.close()
+            self.recorder = None
+
+    @property
+    def display_state(self) -> str:
+        if self.state == "running" and self.attention.state == WAITING:
+            return "waiting"
+        return self.state
 
     def notice(self, text: str) -> None:
         self.emit(dim_line(text))
@@ -196,6 +244,15 @@ class Console:
         if nudge:  # a size change makes full-screen programs repaint (SIGWINCH)
             set_winsize(self.child.master_fd, cols, max(1, rows - 1))
         set_winsize(self.child.master_fd, cols, rows)
+        if self.recorder:
+            self.recorder.resize(cols, rows)
+
+    def close(self) -> None:
+        """The console is going away: timers and recording end."""
+        if self._attention_timer:
+            self._attention_timer.cancel()
+            self._attention_timer = None
+        self.stop_recording()
 
     def end_clients(self) -> None:
         for client in list(self.clients):
@@ -207,7 +264,7 @@ class Console:
             "id": self.id,
             "role": self.role,
             "command": " ".join(self.argv),
-            "state": self.state,
+            "state": self.display_state,
             "exit_code": self.exit_code,
             "clients": len(self.clients),
             "size": list(self.size),

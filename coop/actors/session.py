@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -84,9 +85,41 @@ class Session:
 
     async def start(self) -> None:
         await self.launcher.start()
-        agent = Console(0, "agent", coopfile.agent_argv(self.table), self.scrollback_bytes)
+        agent = self._console(0, "agent", coopfile.agent_argv(self.table))
         self.consoles[0] = agent
         await self._spawn(agent)
+
+    def _console(self, ident: int, role: str, argv: list[str]) -> Console:
+        cfg = self.table.get("session", {})
+        console = Console(ident, role, argv, self.scrollback_bytes,
+                          cfg.get("attention_quiet_ms", 3000), self._attention)
+        if cfg.get("record"):
+            console.start_recording(self.recordings)
+        return console
+
+    @property
+    def recordings(self):
+        return self.paths.session_dir(self.name) / "rec"
+
+    def _attention(self, console: Console, state: str) -> None:
+        """BYD-2: tell clients; run the user's hook with the session name only."""
+        console.broadcast({"event": "attention", "pty": console.id, "state": state})
+        log(f"pty {console.id} is {state}")
+        hook = self.table.get("session", {}).get("on_attention", "")
+        if state == "waiting" and hook and console.role == "agent":
+            command = hook.replace("{session}", shlex.quote(self.name))
+            asyncio.ensure_future(self._run_hook(command))
+
+    async def _run_hook(self, command: str) -> None:
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL, start_new_session=True)
+            code = await asyncio.wait_for(proc.wait(), 30)
+            if code:
+                log(f"on_attention hook exited with code {code}")
+        except (OSError, asyncio.TimeoutError) as exc:
+            log(f"on_attention hook failed: {exc}")
 
     @property
     def scrollback_bytes(self) -> int:
@@ -102,7 +135,7 @@ class Session:
         while ident in self.consoles:
             ident += 1
         argv = ["/bin/sh", "-c", command] if command else [self.launcher.shell]
-        console = Console(ident, "shell", argv, self.scrollback_bytes)
+        console = self._console(ident, "shell", argv)
         if size:
             console.size = size
         self.consoles[ident] = console
@@ -133,6 +166,7 @@ class Session:
             return
         if console.role == "shell":  # DMN-8: shells are never restarted
             console.end_clients()
+            console.close()
             del self.consoles[console.id]
             return
         cfg = self.table.get("session", {})
@@ -198,6 +232,8 @@ class Session:
         except LaunchError as exc:
             await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
             return
+        if request.get("record"):
+            console.start_recording(self.recordings)
         filtered = kind in ("web", "tunnel")
         if msg.get("dialect") == "websocket":  # a browser, upgraded by the web actor
             from coop.wsclient import WebSocketClient as client_class
@@ -280,7 +316,7 @@ class Session:
             "workspace": self.workspace,
             "pid": os.getpid(),
             "created": self.created,
-            "state": agent.state if agent else "starting",
+            "state": agent.display_state if agent else "starting",
             "ptys": [c.info() for c in sorted(self.consoles.values(), key=lambda c: c.id)],
             "local_clients": clients["local"],
             "web_clients": clients["web"],
@@ -441,7 +477,7 @@ def _remove_session_files(paths: Paths, name: str) -> None:
     if not d.is_dir():
         return
     for entry in os.scandir(d):
-        if entry.name == "persist":
+        if entry.name in ("persist", "rec"):  # kept across sessions (SB-2, BYD-3)
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)

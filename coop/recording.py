@@ -1,0 +1,120 @@
+"""Asciicast v2 recordings of a PTY's output (BYD-3).
+
+One file per PTY and start, ``<dir>/<pty>-<unix time>[.<part>].cast``: a JSON
+header line, then ``[seconds, "o", text]`` for output and ``[seconds, "r",
+"COLSxROWS"]`` for resizes. Input is never recorded. A file that reaches the
+size cap is closed and the recording continues in the next part, which starts
+with its own header so every part plays on its own.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+DEFAULT_CAP = 64 << 20
+
+
+class Recorder:
+    def __init__(self, directory: Path, pty: int, cols: int, rows: int, *,
+                 cap: int = DEFAULT_CAP, term: str = "xterm-256color",
+                 clock: Callable[[], float] = time.monotonic,
+                 wallclock: Callable[[], float] = time.time):
+        self.directory = Path(directory)
+        self.pty = pty
+        self.size = (cols, rows)
+        self.cap = cap
+        self.term = term
+        self.clock = clock
+        self.wallclock = wallclock
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._file = None
+        self._written = 0
+        self._part = 0
+        self._started = 0.0
+        self._stem = f"{pty}-{int(wallclock())}"
+        self._open()
+
+    @property
+    def path(self) -> Path:
+        suffix = f".{self._part}" if self._part else ""
+        return self.directory / f"{self._stem}{suffix}.cast"
+
+    def _open(self) -> None:
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
+        self._started = self.clock()
+        header = {"version": 2, "width": self.size[0], "height": self.size[1],
+                  "timestamp": int(self.wallclock()), "env": {"TERM": self.term}}
+        self._write(json.dumps(header))
+
+    def _write(self, line: str) -> None:
+        self._file.write(line + "\n")
+        self._written += len(line) + 1
+
+    def _event(self, code: str, data: str) -> None:
+        if self._written >= self.cap:
+            self._file.close()
+            self._part += 1
+            self._written = 0
+            self._open()
+        t = round(self.clock() - self._started, 6)
+        self._write(json.dumps([t, code, data], ensure_ascii=False))
+
+    def output(self, data: bytes) -> None:
+        text = self._decoder.decode(data)
+        if text:
+            self._event("o", text)
+
+    def resize(self, cols: int, rows: int) -> None:
+        if (cols, rows) != self.size:
+            self.size = (cols, rows)
+            self._event("r", f"{cols}x{rows}")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        if self._file and not self._file.closed:
+            tail = self._decoder.decode(b"", final=True)
+            if tail:
+                self._event("o", tail)
+            self._file.close()
+
+
+def read_cast(path: Path) -> tuple[dict, list[list]]:
+    """Header and events of one recording; ValueError with the line number."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    if not lines:
+        raise ValueError(f"{path}: empty recording")
+    try:
+        header = json.loads(lines[0])
+        events = [json.loads(line) for line in lines[1:] if line]
+    except ValueError as exc:
+        raise ValueError(f"{path}: not an asciicast v2 file ({exc})") from None
+    if not isinstance(header, dict) or header.get("version") != 2:
+        raise ValueError(f"{path}: not an asciicast v2 file")
+    return header, events
+
+
+def play(path: Path, write: Callable[[bytes], None], *, speed: float = 1.0,
+         sleep: Callable[[float], None] = time.sleep, max_idle: float | None = None) -> None:
+    """Replay output events with their original timing divided by ``speed``."""
+    _header, events = read_cast(path)
+    last = 0.0
+    for t, code, data in events:
+        delay = (t - last) / speed
+        if max_idle is not None:
+            delay = min(delay, max_idle)
+        if delay > 0:
+            sleep(delay)
+        last = t
+        if code == "o":
+            write(data.encode("utf-8"))
