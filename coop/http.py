@@ -17,10 +17,10 @@ import email.utils
 import enum
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
-from typing import Callable
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes, urlsplit
 
 MAX_HEADER = 16 * 1024  # WEB-2: header block
@@ -37,19 +37,12 @@ _VERSION = re.compile(rb"HTTP/([0-9])\.([0-9])")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _CHUNK_EXT = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
 _ETAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"')
-_CSP = "; ".join(
-    (
-        "default-src 'self'",
-        "connect-src 'self'",
-        "img-src 'self' data:",
-        # xterm.js writes a <style> element for its theme; styles cannot run code.
-        "style-src 'self' 'unsafe-inline'",
-        "script-src 'self'",
-        "object-src 'none'",
-        "base-uri 'none'",
-        "form-action 'self'",
-        "frame-ancestors 'none'",
-    )
+_CSP = (
+    "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    # xterm.js writes a <style> element for its theme; styles cannot run code.
+    "style-src 'self' 'unsafe-inline'; "
+    "script-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
 )
 
 
@@ -274,12 +267,12 @@ class RequestParser:
         return line
 
     def _check_line_size(self, size: int) -> None:
-        if self._state is _State.HEAD and not self._lines:
-            if size > self.max_target + 64:
-                raise ParseError(414, "request line too long")
-        elif self._state in (_State.CHUNK_SIZE, _State.CHUNK_END):
-            if size > MAX_CHUNK_LINE:
-                raise ParseError(400, "chunk size line too long")
+        request_line = self._state is _State.HEAD and not self._lines
+        if request_line and size > self.max_target + 64:
+            raise ParseError(414, "request line too long")
+        chunk_line = self._state in (_State.CHUNK_SIZE, _State.CHUNK_END)
+        if chunk_line and size > MAX_CHUNK_LINE:
+            raise ParseError(400, "chunk size line too long")
         if self._line_bytes + size > self.max_header:
             raise ParseError(431, "header block too large")
 
@@ -304,9 +297,10 @@ class RequestParser:
             if self._remaining > self._limit:
                 raise ParseError(413, "request body too large")
             self._state = _State.BODY
-        if "100-continue" in request.headers.tokens("expect") and request.version == "HTTP/1.1":
-            if self._state is not _State.BODY or self._remaining:
-                events.append(Continue())
+        body_expected = self._state is not _State.BODY or self._remaining
+        expects_continue = "100-continue" in request.headers.tokens("expect")
+        if expects_continue and body_expected and request.version == "HTTP/1.1":
+            events.append(Continue())
         if self._state is _State.BODY and not self._remaining:
             self._finish(events)
 
@@ -393,8 +387,7 @@ def _parse_head(lines: list[bytes], max_target: int) -> Request:
 
 
 def _is_absolute(target: bytes) -> bool:
-    lower = target.lower()
-    return lower.startswith(b"http://") or lower.startswith(b"https://")
+    return target.lower().startswith((b"http://", b"https://"))
 
 
 def _parse_fields(lines: list[bytes]) -> list[tuple[str, str]]:

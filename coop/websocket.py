@@ -20,8 +20,8 @@ import enum
 import hashlib
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from coop.http import Request, render_response
 

@@ -37,7 +37,10 @@ def parse_bytewise(data: bytes, **limits) -> list:
 def summary(events: list) -> list:
     """Comparable form of events (ParseError and Continue have no value equality)."""
     return [
-        (e.status, e.message) if isinstance(e, ParseError) else e if isinstance(e, Request)
+        (e.status, e.message)
+        if isinstance(e, ParseError)
+        else e
+        if isinstance(e, Request)
         else "continue"
         for e in events
     ]
@@ -172,7 +175,10 @@ def test_expect_100_continue():
     ("data", "status"),
     [
         # request smuggling: every ambiguous framing is refused
-        (request("POST / HTTP/1.1\nHost: h\nContent-Length: 3\nTransfer-Encoding: chunked\n\n"), 400),
+        (
+            request("POST / HTTP/1.1\nHost: h\nContent-Length: 3\nTransfer-Encoding: chunked\n\n"),
+            400,
+        ),
         (request("POST / HTTP/1.1\nHost: h\nContent-Length: 3\nContent-Length: 4\n\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nContent-Length: 3\nContent-Length: 3\n\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nContent-Length: 3, 3\n\n"), 400),
@@ -181,7 +187,12 @@ def test_expect_100_continue():
         (request("POST / HTTP/1.1\nHost: h\nContent-Length: 0x10\n\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nContent-Length: 1\u00b2\n\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked, chunked\n\n"), 400),
-        (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\nTransfer-Encoding: chunked\n\n"), 400),
+        (
+            request(
+                "POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\nTransfer-Encoding: chunked\n\n"
+            ),
+            400,
+        ),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding:\n\n"), 400),
         (request("POST / HTTP/1.0\nTransfer-Encoding: chunked\n\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding : chunked\n\n"), 400),
@@ -215,10 +226,18 @@ def test_expect_100_continue():
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n0x5\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n 5\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n\n"), 400),
-        (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n11111111111111111\n"), 400),
+        (
+            request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n11111111111111111\n"),
+            400,
+        ),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n3\nabcd\n"), 400),
         (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n3;\0\n"), 400),
-        (request("POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n1\na\n0\nBad Trailer: x\n\n"), 400),
+        (
+            request(
+                "POST / HTTP/1.1\nHost: h\nTransfer-Encoding: chunked\n\n1\na\n0\nBad Trailer: x\n\n"
+            ),
+            400,
+        ),
     ],
 )
 def test_rejected_requests(data, status):
@@ -404,8 +423,14 @@ def test_date_header_from_injected_clock():
 
 @pytest.mark.parametrize(
     "header",
-    [("X-A", "v\r\nSet-Cookie: evil"), ("X-A", "v\nx"), ("X-A", "v\0"), ("Bad Name", "v"),
-     ("X:A", "v"), ("Content-Length", "5")],
+    [
+        ("X-A", "v\r\nSet-Cookie: evil"),
+        ("X-A", "v\nx"),
+        ("X-A", "v\0"),
+        ("Bad Name", "v"),
+        ("X:A", "v"),
+        ("Content-Length", "5"),
+    ],
 )
 def test_render_refuses_response_splitting(header):
     with pytest.raises(ValueError):

@@ -15,8 +15,8 @@ from coop.http import Headers, Request, RequestParser
 from coop.websocket import (
     Binary,
     Close,
-    ClosedError,
     CloseCode,
+    ClosedError,
     Connection,
     Opcode,
     Ping,
@@ -140,7 +140,9 @@ def test_upgrade_needs_get_and_one_key():
     post.method = "POST"
     assert check_upgrade(post).status == 400
     two_keys = Request(
-        "GET", "/ws", "HTTP/1.1",
+        "GET",
+        "/ws",
+        "HTTP/1.1",
         Headers([*upgrade_request().headers, ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")]),
     )
     assert check_upgrade(two_keys).status == 400
@@ -281,7 +283,10 @@ def test_reply_to_a_message_goes_out_before_the_failure_it_precedes():
         (frame(Opcode.CLOSE, b"\x03\xe8" + b"x" * 124), CloseCode.PROTOCOL_ERROR),
         (frame(Opcode.CONTINUATION, b"x"), CloseCode.PROTOCOL_ERROR),
         (frame(Opcode.TEXT, b"a", fin=False) + frame(Opcode.TEXT, b"b"), CloseCode.PROTOCOL_ERROR),
-        (frame(Opcode.BINARY, b"a", fin=False) + frame(Opcode.BINARY, b"b"), CloseCode.PROTOCOL_ERROR),
+        (
+            frame(Opcode.BINARY, b"a", fin=False) + frame(Opcode.BINARY, b"b"),
+            CloseCode.PROTOCOL_ERROR,
+        ),
         (frame(Opcode.CLOSE, b"\x03"), CloseCode.PROTOCOL_ERROR),
         (frame(Opcode.CLOSE, struct.pack("!H", 999)), CloseCode.PROTOCOL_ERROR),
         (frame(Opcode.CLOSE, struct.pack("!H", 1004)), CloseCode.PROTOCOL_ERROR),
@@ -385,7 +390,9 @@ def test_client_to_server_full_conversation():
 # -- fuzzing ---------------------------------------------------------------------------
 
 FUZZ = settings(
-    max_examples=10_000, derandomize=True, deadline=None,
+    max_examples=10_000,
+    derandomize=True,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 OPCODES = [0, 1, 2, 0, 8, 9, 10, 1]

@@ -12,11 +12,11 @@ import contextlib
 import select
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
-from coop import http, websocket  # noqa: E402
+from coop import http, websocket
 
 HOST = "127.0.0.1"
 MAX_MESSAGE = 64 << 20  # Autobahn 9.x sends 16 MiB messages
@@ -57,9 +57,7 @@ async def _handshake(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
     return None
 
 
-async def _echo(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
-) -> None:
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes) -> None:
     connection = websocket.Connection(max_message=MAX_MESSAGE)
     while True:
         connection.receive_data(data)
@@ -92,9 +90,7 @@ if __name__ == "__main__":
 @contextlib.contextmanager
 def running(timeout: float = 10.0) -> Iterator[int]:
     """Run this server in a child process on a free loopback port; yield the port."""
-    process = subprocess.Popen(
-        [sys.executable, __file__, "0"], stdout=subprocess.PIPE
-    )
+    process = subprocess.Popen([sys.executable, __file__, "0"], stdout=subprocess.PIPE)
     try:
         ready, _, _ = select.select([process.stdout], [], [], timeout)
         line = process.stdout.readline().decode() if ready else ""
