@@ -47,6 +47,8 @@ def build_parser() -> Parser:
     a.add_argument("--pty", type=int, default=0)
     a.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
                    help="key sequence that detaches (default ctrl-])")
+    a.add_argument("--record", action="store_true",
+                   help="record this PTY as asciicast v2 (BYD-3)")
 
     s = sub.add_parser("shell", help="open a new shell PTY in a session")
     s.add_argument("session", nargs="?")
@@ -74,6 +76,21 @@ def build_parser() -> Parser:
                     help="also print a watch-only URL")
     sv.add_argument("--tls", action="store_true", help="HTTPS with a kept self-signed certificate")
     sv.add_argument("--stop", action="store_true", help="stop the running web server")
+
+    rec = sub.add_parser("rec", help="recordings: ls, play, export")
+    rec_sub = rec.add_subparsers(dest="rec_command", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    rl = rec_sub.add_parser("ls", help="list a session's recordings")
+    rl.add_argument("session")
+    rp = rec_sub.add_parser("play", help="replay a recording with its timing")
+    rp.add_argument("session")
+    rp.add_argument("file", nargs="?", help="recording name (default: the newest)")
+    rp.add_argument("--speed", type=float, default=1.0)
+    rp.add_argument("--max-idle", type=float, default=None, metavar="S",
+                    help="cap pauses at S seconds")
+    re_ = rec_sub.add_parser("export", help="copy a session's recordings to a directory")
+    re_.add_argument("session")
+    re_.add_argument("dest")
 
     sub.add_parser("status", help="daemon and project status")
     sub.add_parser("shutdown", help="stop the daemon (sessions keep running)")
@@ -220,8 +237,58 @@ class App:
     def cmd_attach(self) -> int:
         conn = self.connect()
         name = self.resolve_session(conn, self.args.session)
-        return self.attach_to(conn, {"cmd": "attach", "session": name, "pty": self.args.pty},
-                              self.args.detach_keys)
+        request = {"cmd": "attach", "session": name, "pty": self.args.pty}
+        if self.args.record:
+            request["record"] = True
+        return self.attach_to(conn, request, self.args.detach_keys)
+
+    def recordings(self, session: str) -> list:
+        """Recordings live on disk (they outlive the session): no daemon needed."""
+        if "/" in session or session in ("", ".", ".."):
+            raise ClientError(f"invalid session name {session!r}", 2)
+        folder = self.paths.session_dir(session) / "rec"
+        files = sorted(folder.glob("*.cast"), key=lambda p: p.stat().st_mtime) \
+            if folder.is_dir() else []
+        if not files:
+            raise ClientError(f"no recordings for session {session!r} "
+                              "(set [session].record = true or use coop attach --record)", 3)
+        return files
+
+    def cmd_rec(self) -> int:
+        from coop import recording
+
+        a = self.args
+        files = self.recordings(a.session)
+        if a.rec_command == "ls":
+            rows = [["RECORDING", "SIZE", "DURATION", "STARTED"]]
+            for f in files:
+                header, events = recording.read_cast(f)
+                duration = events[-1][0] if events else 0
+                rows.append([f.name, f"{f.stat().st_size >> 10} KiB", human_age(duration),
+                             time.strftime("%Y-%m-%d %H:%M", time.localtime(header["timestamp"]))])
+            print(format_table(rows))
+        elif a.rec_command == "play":
+            if a.speed <= 0:
+                raise ClientError("--speed must be positive", 2)
+            chosen = files[-1]
+            if a.file:
+                matches = [f for f in files if f.name == a.file or f.stem == a.file]
+                if not matches:
+                    raise ClientError(f"no recording {a.file!r} (see coop rec ls {a.session})", 3)
+                chosen = matches[0]
+            out = sys.stdout.buffer
+            recording.play(chosen, lambda b: (out.write(b), out.flush()), speed=a.speed,
+                           max_idle=a.max_idle)
+        else:
+            import shutil
+
+            dest = os.path.abspath(a.dest)
+            os.makedirs(dest, exist_ok=True)
+            for f in files:
+                shutil.copy2(f, os.path.join(dest, f.name))
+            if not a.quiet:
+                print(f"exported {len(files)} recording(s) to {dest}")
+        return 0
 
     def cmd_shell(self) -> int:
         conn = self.connect()
