@@ -17,7 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coop.sandbox.proxy import (
-    EgressProxy, HostRules, ProxyRequestError, is_refused_address, parse_request_head,
+    EgressProxy,
+    HostRules,
+    ProxyRequestError,
+    is_refused_address,
+    parse_request_head,
     system_resolve,
 )
 
@@ -48,7 +52,7 @@ class Upstream:
             writer.write(data)
             await writer.drain()
 
-    async def __aenter__(self) -> "Upstream":
+    async def __aenter__(self):
         self.server = await asyncio.start_server(self._serve, UPSTREAM_HOST, 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
@@ -94,7 +98,7 @@ class Proxy:
             raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         return self.names[host]
 
-    async def __aenter__(self) -> "Proxy":
+    async def __aenter__(self):
         await self.proxy.start()
         return self
 
@@ -377,7 +381,7 @@ def test_slow_client_gets_408_while_others_are_served():
             writer.close()
             assert status == 200
             started = asyncio.get_running_loop().time()
-            status, body = await read_response(slow_reader)
+            status, _ = await read_response(slow_reader)
             assert status == 408
             assert asyncio.get_running_loop().time() - started < 2.0
             assert await slow_reader.read() == b""  # and the connection is closed

@@ -17,8 +17,8 @@ import os
 import re
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 CONTROLLER = {"memory": "memory", "pids": "pids", "cpu": "cpu"}
 CPU_PERIOD_US = 100_000

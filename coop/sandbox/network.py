@@ -29,7 +29,7 @@ import os
 import shutil
 import socket
 import struct
-from typing import Callable
+from collections.abc import Callable
 
 from coop.launcher import LaunchError
 
@@ -93,7 +93,7 @@ class VethHandle:
         os.close(self._exit_w)
         try:
             await asyncio.wait_for(self.process.wait(), STOP_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.process.kill()
             await self.process.wait()
         await self._watch
@@ -152,7 +152,7 @@ async def _read_byte(fd: int, timeout: float) -> bytes | None:
     loop.add_reader(fd, on_readable)
     try:
         return await asyncio.wait_for(got, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return None
     finally:
         loop.remove_reader(fd)
@@ -174,7 +174,8 @@ RT_SCOPE_UNIVERSE = 0
 RTN_PROHIBIT = 8
 RTA_DST = 1
 NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
-RTMSG = struct.Struct("=BBBBBBBBI")  # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+# family, dst_len, src_len, tos, table, protocol, scope, type, flags
+RTMSG = struct.Struct("=BBBBBBBBI")
 RTATTR = struct.Struct("=HH")  # len, type
 
 

@@ -19,8 +19,8 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 from coop.sandbox.network import PRIVATE_RANGES
 
@@ -92,9 +92,10 @@ def parse_request_head(head: bytes) -> ProxyRequest:
     if not path.startswith("/"):
         path = "/" + path
     host, port = parse_authority(authority, default_port=80)
-    kept = [f"{name}: {value}" for name, value in headers
-            if name.lower() not in HOP_BY_HOP and name.lower() not in _connection_tokens(headers)]
-    forward = [f"{method} {path} {version}", f"Host: {authority}", *kept, "Connection: close", "", ""]
+    dropped = HOP_BY_HOP | _connection_tokens(headers)
+    kept = [f"{name}: {value}" for name, value in headers if name.lower() not in dropped]
+    forward = [f"{method} {path} {version}", f"Host: {authority}", *kept,
+               "Connection: close", "", ""]
     return ProxyRequest(host, port, tunnel=False, forward_head="\r\n".join(forward).encode())
 
 
@@ -297,7 +298,7 @@ class EgressProxy:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.head_timeout)
         except asyncio.LimitOverrunError:
             raise ProxyRequestError(431, f"request head over {self.max_head_bytes} bytes") from None
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProxyRequestError(408, "request head not received in time") from None
         request = parse_request_head(head)
         return request, await self._open_upstream(request)
@@ -311,7 +312,7 @@ class EgressProxy:
         writer.write_eof()
         try:
             await asyncio.wait_for(_discard(reader, self.max_head_bytes * 64), 1.0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _open_upstream(self, request: ProxyRequest):
@@ -326,14 +327,14 @@ class EgressProxy:
                 found = await asyncio.wait_for(
                     self.resolve(request.host, request.port), self.connect_timeout)
             addresses = [ipaddress.ip_address(a) for a in found]
-        except (OSError, ValueError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ValueError):
             raise ProxyRequestError(502, f"cannot resolve {request.host}") from None
         if not addresses or any(self.refuse(a) for a in addresses):
             raise self._deny(target, "resolves to a private or reserved address")
         try:
             return await asyncio.wait_for(
                 self._connect_first(addresses, request.port), self.connect_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ProxyRequestError(504, f"connecting to {target} timed out") from None
         except OSError as exc:
             reason = os.strerror(exc.errno) if exc.errno else str(exc)
