@@ -1,6 +1,6 @@
 """Asciicast v2 recordings of a PTY's output (BYD-3).
 
-One file per PTY and start, ``<dir>/<pty>-<unix time>[.<part>].cast``: a JSON
+One file per PTY and start, ``<dir>/<pty>-<unix time>-<part>.cast``: a JSON
 header line, then ``[seconds, "o", text]`` for output and ``[seconds, "r",
 "COLSxROWS"]`` for resizes. Input is never recorded. A file that reaches the
 size cap is closed and the recording continues in the next part, which starts
@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 DEFAULT_CAP = 64 << 20
+FLUSH_EVERY = 1.0  # seconds
 
 
 class Recorder:
@@ -41,15 +42,20 @@ class Recorder:
 
     @property
     def path(self) -> Path:
-        suffix = f".{self._part}" if self._part else ""
-        return self.directory / f"{self._stem}{suffix}.cast"
+        return self.directory / f"{self._stem}-{self._part:03d}.cast"
 
     def _open(self) -> None:
+        """The next free part (never overwrite, never follow a planted link)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o600)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        while True:
+            try:
+                fd = os.open(self.path, flags, 0o600)
+                break
+            except FileExistsError:
+                self._part += 1
         self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
-        self._started = self.clock()
+        self._started = self._flushed = self.clock()
         header = {"version": 2, "width": self.size[0], "height": self.size[1],
                   "timestamp": int(self.wallclock()), "env": {"TERM": self.term}}
         self._write(json.dumps(header))
@@ -64,8 +70,11 @@ class Recorder:
             self._part += 1
             self._written = 0
             self._open()
-        t = round(self.clock() - self._started, 6)
-        self._write(json.dumps([t, code, data], ensure_ascii=False))
+        now = self.clock()
+        self._write(json.dumps([round(now - self._started, 6), code, data], ensure_ascii=False))
+        if now - self._flushed > FLUSH_EVERY:  # a crash loses at most this much
+            self._file.flush()
+            self._flushed = now
 
     def output(self, data: bytes) -> None:
         text = self._decoder.decode(data)

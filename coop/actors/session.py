@@ -177,7 +177,7 @@ class Session:
         if self.crashes >= CRASH_LIMIT:
             console.notice(f"agent exited {CRASH_LIMIT} times within {CRASH_WINDOW:.0f} s of "
                            "starting; not restarting (attach to try again)")
-            log(f"agent crash loop; restarts stopped")
+            log("agent crash loop; restarts stopped")
             console.end_clients()
             return
         delay = cfg.get("restart_delay_ms", 1000)
@@ -302,7 +302,9 @@ class Session:
                                "reason": "session killed"})
             console.end_clients()
         await self.launcher.stop(0 if force else 5.0)
-        log(f"killed")
+        for console in self.consoles.values():
+            console.close()
+        log("killed")
         self.done.set()
 
     def info(self) -> dict:
