@@ -20,7 +20,7 @@ const narrowQuery = window.matchMedia("(max-width: 767.98px)");
 const $ = (id) => document.getElementById(id);
 
 const transport = new WebSocketTransport();
-const state = {sessions: [], readOnly: false, loaded: false, pollTimer: 0};
+const state = {sessions: [], readOnly: false, loaded: false, locked: false, pollTimer: 0};
 
 // -- building blocks ------------------------------------------------------------
 
@@ -37,6 +37,7 @@ const bench = new Workbench({
     savePrefs();
     renderHeader();
   },
+  onAttention: () => refresh(),
 });
 
 const keyBar = new KeyBar($("keybar"), {
@@ -67,7 +68,24 @@ function current() {
   return state.sessions.find((s) => s.name === prefs.current) || null;
 }
 
-async function refresh() {
+let loading = null; // the list request in flight
+let queued = null; // a refresh asked for while one was in flight
+
+/** Fetch the session list and render; concurrent calls share one follow-up
+ *  request, so each caller sees data fetched after it asked. */
+function refresh() {
+  if (!loading) {
+    loading = load().finally(() => (loading = null));
+    return loading;
+  }
+  queued ??= loading.then(() => {
+    queued = null;
+    return refresh();
+  });
+  return queued;
+}
+
+async function load() {
   clearTimeout(state.pollTimer);
   try {
     const answer = await transport.listSessions();
@@ -77,10 +95,15 @@ async function refresh() {
     setReadOnly(answer.readOnly || state.readOnly);
     render();
   } catch (err) {
-    if (err.code === "UNAUTHORIZED") return showLocked();
+    if (err.code === "UNAUTHORIZED") {
+      state.locked = true;
+      showLocked();
+      return;
+    }
     notify("The coop server is unreachable; retrying.", {kind: "error", key: "offline", timeout: 0});
   } finally {
-    state.pollTimer = setTimeout(refresh, document.hidden ? POLL_HIDDEN_MS : POLL_MS);
+    clearTimeout(state.pollTimer);
+    if (!state.locked) state.pollTimer = setTimeout(refresh, document.hidden ? POLL_HIDDEN_MS : POLL_MS);
   }
 }
 
@@ -401,6 +424,7 @@ window.coopDebug = {
   },
   connection: (pty) => bench.panes.get(pty)?.stream.state ?? null,
   offset: (pty) => bench.panes.get(pty)?.stream.offset ?? null,
+  stats: (pty) => bench.panes.get(pty)?.stream.stats ?? null,
   drop: (pty) => bench.panes.get(pty)?.stream.drop(),
   refresh,
 };

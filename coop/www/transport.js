@@ -58,6 +58,7 @@ export class PtyStream {
     this._attachTimer = null;
     this._dataHandlers = new Set();
     this._eventHandlers = new Set();
+    this.stats = {attached: 0, resumed: 0, resets: 0}; // for tests and debugging
     this._retryNow = () => this.state === "reconnecting" && this._connect();
     window.addEventListener("online", this._retryNow);
     queueMicrotask(() => this._connect()); // let the caller register handlers first
@@ -145,7 +146,10 @@ export class PtyStream {
       case "attached": {
         clearTimeout(this._attachTimer);
         const known = Number.isInteger(event.offset);
-        if (this._delivered && !(known && event.offset === this._offset)) this._reset();
+        const resumed = this._delivered && known && event.offset === this._offset;
+        this.stats.attached++;
+        if (resumed) this.stats.resumed++;
+        else if (this._delivered) this._reset();
         this._offset = known ? event.offset : null;
         this._attempt = 0;
         this._emit(event);
@@ -169,6 +173,7 @@ export class PtyStream {
   }
 
   _reset() {
+    this.stats.resets++;
     this._delivered = false;
     this._emit({type: "reset"});
   }

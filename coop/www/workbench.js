@@ -74,6 +74,9 @@ class Pane {
       case "exited":
         this.exitCode = event.code;
         break;
+      case "attention":
+        this.bench.onAttention();
+        break;
       case "detached":
         notify("The server detached this terminal; reconnecting.", {key: "detached"});
         break;
@@ -106,9 +109,10 @@ export class Workbench {
   /**
    * tabs, panes: container elements. filterInput(data) lets the key bar's
    * sticky Ctrl modify typed input; terminalKey(KeyboardEvent) → false to keep
-   * a key from the terminal (page shortcuts); onChange() after any layout change.
+   * a key from the terminal (page shortcuts); onChange() after any layout change;
+   * onAttention() when a PTY starts or stops waiting for input (BYD-2).
    */
-  constructor({tabs, panes, transport, theme, filterInput, terminalKey, onChange}) {
+  constructor({tabs, panes, transport, theme, filterInput, terminalKey, onChange, onAttention}) {
     this.tabsEl = tabs;
     this.panesEl = panes;
     this.transport = transport;
@@ -116,6 +120,7 @@ export class Workbench {
     this.filterInput = filterInput;
     this.terminalKey = terminalKey;
     this.onChange = onChange;
+    this.onAttention = onAttention;
     this.readOnly = false;
     this.narrow = false;
     this.session = null;
