@@ -1,0 +1,307 @@
+"""The WebRTC tunnel end to end (TUN-1 … TUN-5, SEC-3, SEC-4): a real daemon and
+a Python peer playing the browser, both inside a test-made network namespace."""
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+
+from coop.envelope import decode_offer
+from tests.daemon import pid_alive
+from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+
+# The `coop tunnel` command line, parsed with the arguments tunnel_cli defines.
+CLI_DRIVER = """
+import sys
+from coop.cli import App, Parser
+from coop.client import ClientError
+from coop.tunnel_cli import add_arguments, run_tunnel
+parser = Parser(prog="coop tunnel")
+parser.add_argument("--socket")
+parser.add_argument("-q", "--quiet", action="store_true")
+add_arguments(parser)
+try:
+    sys.exit(run_tunnel(App(parser.parse_args(sys.argv[1:]))))
+except ClientError as exc:
+    print(f"coop: {exc}", file=sys.stderr)
+    sys.exit(exc.code)
+"""
+
+
+@pytest.fixture
+def netns():
+    with private_network() as address:
+        yield address
+
+
+@pytest.fixture
+def tunnel_coop(netns, coop):
+    """A daemon started inside the namespace, with one session running sh."""
+    coop.env["COOP_TUNNEL_TIMEOUT"] = "3"
+    coop.ok("-d", cwd=coop.workspace("proj"))
+    return coop
+
+
+def run(coro, timeout=60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def open_tunnel(coop, ipc=None) -> tuple[IpcClient, dict]:
+    ipc = ipc or await IpcClient.connect(coop.socket)
+    info = await ipc.ask({"cmd": "tunnel", "no_stun": True})
+    assert info["ok"], info
+    return ipc, info
+
+
+async def connected_peer(coop) -> tuple[IpcClient, dict, BrowserPeer]:
+    ipc, info = await open_tunnel(coop)
+    peer = BrowserPeer()
+    code = await peer.answer(info["envelope"])
+    applied = await ipc.ask({"cmd": "tunnel_answer", "tunnel": info["tunnel"], "answer": code})
+    assert applied == {"ok": True, "tunnel": info["tunnel"], "state": "connecting"}
+    await asyncio.wait_for(peer.control_open.wait(), 10)
+    await wait_state(ipc, info["tunnel"], "connected")
+    return ipc, info, peer
+
+
+async def wait_state(ipc, tunnel, state, timeout=15) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = await ipc.ask({"cmd": "tunnel_status", "tunnel": tunnel})
+        if status.get("state") == state:
+            return status
+        assert time.monotonic() < deadline, f"tunnel never {state}: {status}"
+        await asyncio.sleep(0.05)
+
+
+def test_browser_peer_lists_attaches_types_is_filtered_and_opens_a_shell(tunnel_coop):
+    async def scenario():
+        ipc, info, peer = await connected_peer(tunnel_coop)
+        assert info["url"] == ""  # no connect URL asked for
+        listing = await peer.request({"cmd": "ls"})
+        assert [s["name"] for s in listing["sessions"]] == ["proj"]
+
+        agent = await peer.attach("proj", 0, cols=100, rows=30)
+        assert agent.channel.label == "coop-pty-proj-0"
+        assert agent.answer["ok"] and agent.answer["pty"] == 0
+        agent.send(b"echo tun-$((6*7))\r")
+        await agent.read_until(b"tun-42")
+        agent.send(b"exit\r")  # FLT-1: a tunnel client may not end the agent
+        blocked = await agent.event("blocked")
+        assert blocked["sequences"]
+        agent.send(b"echo still-$((2+3))\r")
+        await agent.read_until(b"still-5")
+        status = (await peer.request({"cmd": "ls"}))["sessions"][0]
+        assert status["state"] == "running" and status["tunnel_clients"] == 1
+
+        shell = await peer.request({"cmd": "shell", "session": "proj"})
+        assert shell["ok"] and shell["pty"] == 1, shell
+        sh = await peer.attach("proj", shell["pty"])
+        assert sh.channel.label == "coop-pty-proj-1"
+        sh.send(b"echo shell-$((3*3)); exit\r")  # unfiltered: not the agent PTY
+        await sh.read_until(b"shell-9")
+        await asyncio.wait_for(sh.closed.wait(), 10)  # the shell exited: channel closed
+
+        agent.control({"type": "detach"})
+        await asyncio.wait_for(agent.closed.wait(), 10)
+        await wait_for_async(lambda: peer.request({"cmd": "ls"}),
+                             lambda a: a["sessions"][0]["tunnel_clients"] == 0)
+        await peer.close()
+        closed = await wait_state(ipc, info["tunnel"], "closed")
+        assert "disconnected" in closed["reason"] or "closed" in closed["reason"]
+        ipc.close()
+
+    run(scenario())
+
+
+async def wait_for_async(ask, check, timeout=10):
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = await ask()
+        if check(answer):
+            return answer
+        assert time.monotonic() < deadline, f"condition never met: {answer}"
+        await asyncio.sleep(0.05)
+
+
+def test_control_channel_refuses_bad_requests_and_keeps_serving(tunnel_coop):
+    async def scenario():
+        ipc, info, peer = await connected_peer(tunnel_coop)
+        answers = []
+        peer.control.on("message", lambda m: answers.append(m))
+        for bad in ("not json", "[1,2]", '{"cmd": "exec", "session": "proj", "argv": ["id"]}',
+                    '{"cmd": "shutdown"}', '{"cmd": "attach"}', "x" * 100_000):
+            peer.control.send(bad)
+        peer.control.send(b"\x00binary")
+        await wait_for_async(lambda: asyncio.sleep(0.05, len(answers)), lambda n: n >= 7)
+        assert all('"ok": false' in a for a in answers), answers
+        assert any("not available over a tunnel" in a for a in answers)
+        missing = await peer.request({"cmd": "attach", "session": "nope"})
+        assert missing["error"] == "SESSION_NOT_FOUND"
+        traversal = await peer.request({"cmd": "shell", "session": "../../x"})
+        assert traversal["error"] == "SESSION_NOT_FOUND"
+        no_pty = await peer.request({"cmd": "attach", "session": "proj", "pty": 9})
+        assert no_pty["error"] == "PTY_NOT_FOUND"
+        assert (await peer.request({"cmd": "ls"}))["ok"]
+        assert tunnel_coop.ls()[0]["name"] == "proj"  # the daemon shrugged it all off
+        await peer.close()
+        ipc.close()
+
+    run(scenario())
+
+
+def test_create_and_kill_over_the_tunnel(tunnel_coop):
+    ws = tunnel_coop.workspace("other", 'command = "sh"')
+
+    async def scenario():
+        ipc, info, peer = await connected_peer(tunnel_coop)
+        created = await peer.request({"cmd": "create", "workspace": str(ws), "name": "other"})
+        assert created["ok"] and created["session"] == "other", created
+        pty = await peer.attach("other")
+        pty.send(b"echo other-$((5*5))\r")
+        await pty.read_until(b"other-25")
+        assert (await peer.request({"cmd": "kill", "session": "other", "force": True}))["ok"]
+        await asyncio.wait_for(pty.closed.wait(), 10)
+        names = [s["name"] for s in (await peer.request({"cmd": "ls"}))["sessions"]]
+        assert names == ["proj"]
+        await peer.close()
+        ipc.close()
+
+    run(scenario())
+
+
+def test_answer_rules_and_hostile_answers(tunnel_coop):
+    async def scenario():
+        ipc, info = await open_tunnel(tunnel_coop)
+        tunnel = info["tunnel"]
+        not_array = base64.urlsafe_b64encode(zlib.compress(b'"hello"')).decode().rstrip("=")
+        for bad, message in (("%%%", "not base64url"), (not_array, "JSON array"),
+                             ("A" * 5000, "too long")):
+            answer = await ipc.ask({"cmd": "tunnel_answer", "tunnel": tunnel, "answer": bad})
+            assert answer["error"] == "INVALID_COMMAND" and message in answer["message"], answer
+        peer = BrowserPeer()
+        code = await peer.answer(info["envelope"])
+        wrong = await ipc.ask({"cmd": "tunnel_answer", "answer": code, "secret": "x" * 12})
+        assert wrong["error"] == "PERMISSION_DENIED"
+        secret = decode_offer(info["envelope"]).secret
+        right = await ipc.ask({"cmd": "tunnel_answer", "answer": code, "secret": secret})
+        assert right["ok"] and right["tunnel"] == tunnel
+        again = await ipc.ask({"cmd": "tunnel_answer", "tunnel": tunnel, "answer": code})
+        assert again["error"] == "INVALID_COMMAND" and "not waiting" in again["message"]
+        await wait_state(ipc, tunnel, "connected")
+        nobody = await ipc.ask({"cmd": "tunnel_answer", "answer": code})
+        assert "no tunnel is waiting" in nobody["message"]
+        unknown = await ipc.ask({"cmd": "tunnel_status", "tunnel": "feedbeef"})
+        assert unknown["error"] == "INVALID_COMMAND"
+        closed = await ipc.ask({"cmd": "tunnel_close", "tunnel": tunnel})
+        assert closed["state"] == "closed"
+        await wait_for_async(lambda: asyncio.sleep(0, peer.pc.connectionState),
+                             lambda s: s in ("closed", "failed"), timeout=40)
+        await peer.close()
+        ipc.close()
+
+    run(scenario(), timeout=90)
+
+
+def tunnel_actor_pid(coop) -> int | None:
+    out = subprocess.run(["ss", "-xlpn"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if str(coop.state / "tunnel.sock") in line and "pid=" in line:
+            return int(line.split("pid=")[1].split(",")[0])
+    return None
+
+
+def test_several_tunnels_at_once_and_shutdown_closes_them(tunnel_coop):
+    async def scenario():
+        first = await connected_peer(tunnel_coop)
+        second = await connected_peer(tunnel_coop)
+        assert first[1]["tunnel"] != second[1]["tunnel"]
+        streams = [await peer.attach("proj") for _, _, peer in (first, second)]
+        streams[0].send(b"echo both-$((1+1))\r")
+        for stream in streams:  # both tunnels watch the same agent PTY
+            await stream.read_until(b"both-2")
+        actor = tunnel_actor_pid(tunnel_coop)
+        assert actor and pid_alive(actor)
+        result = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "coop", "shutdown", env=tunnel_coop.env)
+        assert await result.wait() == 0
+        for ipc, _, peer in (first, second):
+            await wait_for_async(lambda: asyncio.sleep(0, peer.pc.connectionState),
+                                 lambda s: s in ("closed", "failed"), timeout=40)
+            await peer.close()
+            ipc.close()
+        await wait_for_async(lambda: asyncio.sleep(0, pid_alive(actor)), lambda a: not a)
+        assert not (tunnel_coop.state / "tunnel.sock").exists()
+        assert tunnel_coop.ls()[0]["name"] == "proj"  # sessions outlive the daemon (DMN-3)
+
+    run(scenario(), timeout=120)
+
+
+def start_cli(coop, *args) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CLI_DRIVER, *args], env=coop.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            stdin=subprocess.DEVNULL)
+    coop.procs.append(proc)
+    return proc
+
+
+def test_cli_prints_the_offer_and_exits_6_when_nobody_connects(tunnel_coop):
+    cli = start_cli(tunnel_coop, "--no-stun", "--no-qr", "--connect-url", "http://198.18.0.1:8888")
+    url = cli.stdout.readline().strip()
+    assert url.startswith("http://198.18.0.1:8888/connect#"), url
+    peer_code = {}
+
+    async def answer_then_vanish():
+        peer = BrowserPeer()
+        peer_code["code"] = await peer.answer(url)
+        await peer.close()  # an answer from a peer that is no longer there
+
+    run(answer_then_vanish())
+    deliver = start_cli(tunnel_coop, "--answer", peer_code["code"])
+    out, err = deliver.communicate(timeout=30)
+    assert deliver.returncode == 6, (out, err)
+    assert cli.wait(timeout=30) == 6
+    err = cli.stderr.read()
+    assert "no connection within 3 s" in err and "coop serve" in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_connects_and_ctrl_c_closes_the_tunnel(tunnel_coop):
+    cli = start_cli(tunnel_coop, "--no-stun", "--no-qr")
+    assert "offer code" in cli.stdout.readline()
+    code = cli.stdout.readline().strip()
+
+    async def scenario():
+        peer = BrowserPeer()
+        answer = await peer.answer(code)
+        deliver = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", CLI_DRIVER, "--answer", answer, env=tunnel_coop.env,
+            stdout=asyncio.subprocess.PIPE)
+        out, _ = await deliver.communicate()
+        assert deliver.returncode == 0 and b"connected" in out
+        await asyncio.wait_for(peer.control_open.wait(), 10)
+        assert (await peer.request({"cmd": "ls"}))["ok"]
+        return peer
+
+    async def closed(peer):
+        await wait_for_async(lambda: asyncio.sleep(0, peer.pc.connectionState),
+                             lambda s: s in ("closed", "failed"), timeout=40)
+        await peer.close()
+
+    loop = asyncio.new_event_loop()
+    try:
+        peer = loop.run_until_complete(scenario())
+        assert cli.stdout.readline().startswith("connected")
+        cli.send_signal(signal.SIGINT)
+        assert cli.wait(timeout=15) == 0
+        loop.run_until_complete(asyncio.wait_for(closed(peer), 60))
+    finally:
+        loop.close()
