@@ -37,7 +37,7 @@ const bench = new Workbench({
     savePrefs();
     renderHeader();
   },
-  onAttention: () => refresh(),
+  onSessionEvent: () => refresh(),
 });
 
 const keyBar = new KeyBar($("keybar"), {
@@ -244,7 +244,7 @@ async function uploadFiles(files, pane) {
     notify(`${file.name} is in the workspace: ${answer.path}`, {
       kind: "ok", key, timeout: 20000,
       action: {label: "Insert path", run: () => {
-        const sent = target?.stream.send(`${shellWord(answer.path)} `);
+        const sent = target?.stream?.send(`${shellWord(answer.path)} `);
         if (sent) target.view.focus();
         else notify("Not connected: the path was not typed.", {kind: "warn"});
       }},
@@ -408,7 +408,7 @@ function start() {
   document.addEventListener("visibilitychange", () => {
     if (document.hidden) return;
     refresh();
-    for (const pane of bench.panes.values()) pane.stream.retry();
+    for (const pane of bench.panes.values()) pane.stream?.retry();
   });
   refresh();
 }
@@ -422,10 +422,10 @@ window.coopDebug = {
     const view = bench.panes.get(pty)?.view;
     return view ? {cols: view.cols, rows: view.rows} : null;
   },
-  connection: (pty) => bench.panes.get(pty)?.stream.state ?? null,
-  offset: (pty) => bench.panes.get(pty)?.stream.offset ?? null,
-  stats: (pty) => bench.panes.get(pty)?.stream.stats ?? null,
-  drop: (pty) => bench.panes.get(pty)?.stream.drop(),
+  connection: (pty) => bench.panes.get(pty)?.stream?.state ?? null,
+  offset: (pty) => bench.panes.get(pty)?.stream?.offset ?? null,
+  stats: (pty) => bench.panes.get(pty)?.stream?.stats ?? null,
+  drop: (pty) => bench.panes.get(pty)?.stream?.drop(),
   refresh,
 };
 

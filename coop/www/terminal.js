@@ -49,7 +49,18 @@ export class TerminalView {
     this._frame = 0;
     this._observer = new ResizeObserver(() => this._scheduleFit());
     this._observer.observe(this.element);
-    this._scheduleFit();
+    // xterm measures its cells after open(); the first fit waits for a frame (or a
+    // moment, in a background tab without frames) so attaching can carry the real size
+    this.ready = new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        cancelAnimationFrame(this._frame);
+        this._fit();
+        resolve();
+      };
+      const timer = setTimeout(done, 100);
+      this._frame = requestAnimationFrame(done);
+    });
   }
 
   /** fn(string | Uint8Array) for every keystroke, paste or terminal report. */
@@ -124,11 +135,13 @@ export class TerminalView {
 
   _scheduleFit() {
     cancelAnimationFrame(this._frame);
-    this._frame = requestAnimationFrame(() => {
-      if (!this.element.isConnected || this.element.clientWidth === 0) return;
-      const size = this._fitter.proposeDimensions();
-      if (!size || !size.cols || !size.rows) return;
-      if (size.cols !== this.term.cols || size.rows !== this.term.rows) this.term.resize(size.cols, size.rows);
-    });
+    this._frame = requestAnimationFrame(() => this._fit());
+  }
+
+  _fit() {
+    if (!this.element.isConnected || this.element.clientWidth === 0) return;
+    const size = this._fitter.proposeDimensions();
+    if (!size || !size.cols || !size.rows) return;
+    if (size.cols !== this.term.cols || size.rows !== this.term.rows) this.term.resize(size.cols, size.rows);
   }
 }

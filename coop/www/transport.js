@@ -123,7 +123,7 @@ export class PtyStream {
     this._stopTimers();
     const generation = ++this._generation;
     const current = (fn) => (...args) => generation === this._generation && fn(...args);
-    this._sentSize = null;
+    this._sentSize = {...this._size}; // the size travels with the attach request
     this._channel = this._open(
       {session: this.session, pty: this.pty, ...this._size, offset: this._offset},
       {

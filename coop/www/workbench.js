@@ -34,9 +34,11 @@ class Pane {
   }
 
   /** Create terminal and stream; the element must be in the document to measure. */
-  start() {
+  async start() {
     const bench = this.bench;
     this.view = new TerminalView(this.body, {theme: bench.theme, readOnly: bench.readOnly, compact: bench.narrow});
+    await this.view.ready;
+    if (this.disposed) return;
     this.stream = bench.transport.attachPty(bench.session.name, this.pty, {cols: this.view.cols, rows: this.view.rows});
     this.stream.onData((bytes) => this.view.write(bytes));
     this.stream.onEvent((event) => this._event(event));
@@ -73,9 +75,12 @@ class Pane {
         break;
       case "exited":
         this.exitCode = event.code;
+        this.bench.onSessionEvent();
         break;
+      case "attached":
       case "attention":
-        this.bench.onAttention();
+      case "restarting":
+        this.bench.onSessionEvent();
         break;
       case "detached":
         notify("The server detached this terminal; reconnecting.", {key: "detached"});
@@ -99,6 +104,7 @@ class Pane {
   }
 
   dispose() {
+    this.disposed = true;
     this.stream?.close();
     this.view?.dispose();
     this.el.remove();
@@ -110,9 +116,10 @@ export class Workbench {
    * tabs, panes: container elements. filterInput(data) lets the key bar's
    * sticky Ctrl modify typed input; terminalKey(KeyboardEvent) → false to keep
    * a key from the terminal (page shortcuts); onChange() after any layout change;
-   * onAttention() when a PTY starts or stops waiting for input (BYD-2).
+   * onSessionEvent() when a stream tells of a change the session list shows (a client
+   * attached, the agent waits for input (BYD-2), exited or restarts).
    */
-  constructor({tabs, panes, transport, theme, filterInput, terminalKey, onChange, onAttention}) {
+  constructor({tabs, panes, transport, theme, filterInput, terminalKey, onChange, onSessionEvent}) {
     this.tabsEl = tabs;
     this.panesEl = panes;
     this.transport = transport;
@@ -120,7 +127,7 @@ export class Workbench {
     this.filterInput = filterInput;
     this.terminalKey = terminalKey;
     this.onChange = onChange;
-    this.onAttention = onAttention;
+    this.onSessionEvent = onSessionEvent;
     this.readOnly = false;
     this.narrow = false;
     this.session = null;
@@ -185,6 +192,7 @@ export class Workbench {
     if (!this.layout || this.layout.active === pty) return;
     this.layout.active = pty;
     this._renderTabs();
+    this._markActive();
     this.onChange();
   }
 
@@ -201,7 +209,8 @@ export class Workbench {
     const L = this.layout;
     pty ??= this._ptys().map((p) => p.id).find((id) => !L.panes.includes(id));
     if (pty === undefined || L.panes.includes(pty)) return false;
-    L.panes.push(pty);
+    const order = this._ptys().map((p) => p.id);
+    L.panes = [...L.panes, pty].sort((a, b) => order.indexOf(a) - order.indexOf(b));
     L.sizes = L.panes.map(() => 1 / L.panes.length);
     L.active = pty;
     this._changed();
@@ -223,7 +232,7 @@ export class Workbench {
   /** Send input to the active PTY → false when it could not go out. */
   send(data) {
     const pane = this.active;
-    return Boolean(pane && !this.readOnly && pane.stream.send(data));
+    return Boolean(pane && !this.readOnly && pane.stream?.send(data));
   }
 
   paneAt(element) {
@@ -308,7 +317,6 @@ export class Workbench {
       }
       const info = this.session.ptys.find((p) => p.id === pty);
       pane.setLabel(info ? ptyLabel(info) : `pty ${pty}`);
-      pane.el.classList.toggle("active", pty === L.active && visible.length > 1);
       pane.el.style.flexGrow = String(visible.length > 1 ? L.sizes[i] : 1);
       children.push(pane.el);
     });
@@ -317,7 +325,12 @@ export class Workbench {
       this.panesEl.replaceChildren(...children);
     }
     this.panesEl.classList.toggle("split", visible.length > 1);
+    this._markActive();
     for (const pane of fresh) pane.start();
+  }
+
+  _markActive() {
+    for (const [pty, pane] of this.panes) pane.el.classList.toggle("active", pty === this.layout.active);
   }
 
   /** A drag handle between pane i and i+1; arrows move it from the keyboard too. */

@@ -317,6 +317,67 @@ def test_dropped_connections_resume_without_duplicate_or_missing_output(open_pag
     assert stats["resumed"] >= 4 and stats["resets"] == 0, stats
 
 
+STREAM_SCENARIO = """async () => {
+  // PtyStream from the served page, with a scripted channel in place of a WebSocket
+  const {PtyStream} = await import("/transport.js");
+  const bytes = (text) => new TextEncoder().encode(text);
+  const until = async (ok) => {
+    for (let i = 0; i < 100 && !ok(); i++) await new Promise((r) => setTimeout(r, 30));
+  };
+  const opened = [];
+  const sent = [];
+  let sink = null;
+  const stream = new PtyStream((params, s) => {
+    opened.push(params);
+    sink = s;
+    return {send: (b) => sent.push(new TextDecoder().decode(b)), control: (o) => sent.push(o), close() {}};
+  }, {session: "s", pty: 0, cols: 80, rows: 24});
+  const log = [];
+  stream.onData((b) => log.push(["data", new TextDecoder().decode(b)]));
+  stream.onEvent((e) => log.push([e.type, e.state ?? e.offset ?? null]));
+  await until(() => sink);
+  sink.event({type: "attached", offset: 100});
+  sink.data(bytes("hello"));
+  sink.event({type: "lag", dropped: 7, offset: 90});
+  sink.data(bytes("replay"));
+  const afterLag = stream.offset;
+  sink.closed();
+  const sentWhileDown = stream.send("lost");
+  await until(() => opened.length === 2);
+  sink.event({type: "attached", offset: 96});
+  sink.data(bytes("more"));
+  stream.send("typed");
+  sink.closed();
+  await until(() => opened.length === 3);
+  sink.event({type: "attached", offset: 0});
+  sink.data(bytes("full"));
+  sink.event({type: "exited", code: 3});
+  sink.closed();
+  await new Promise((r) => setTimeout(r, 600));
+  return {log, opened, afterLag, sentWhileDown, sent, stats: stream.stats, state: stream.state};
+}"""
+
+
+def test_stream_resumes_from_its_offset_and_resets_only_on_a_gap(open_page):
+    """WEB-6/BYD-1 logic of PtyStream, driven event by event in the browser."""
+    page = open_page()
+    result = js(page, STREAM_SCENARIO)
+    assert [o["offset"] for o in result["opened"]] == [None, 96, 100]
+    assert result["opened"][0] | {"offset": None} == {"session": "s", "pty": 0, "cols": 80,
+                                                       "rows": 24, "offset": None}
+    assert result["afterLag"] == 96 and result["sentWhileDown"] is False
+    assert result["sent"] == ["typed"]  # the size went with each attach request
+    assert result["log"] == [
+        ["attached", 100], ["connection", "open"], ["data", "hello"],
+        ["lag", 90], ["reset", None], ["data", "replay"],
+        ["connection", "reconnecting"], ["attached", 96], ["connection", "open"], ["data", "more"],
+        ["connection", "reconnecting"], ["reset", None], ["attached", 0], ["connection", "open"],
+        ["data", "full"], ["exited", None], ["connection", "ended"],
+    ]
+    assert result["stats"] == {"attached": 3, "resumed": 1, "resets": 2}
+    assert result["state"] == "ended"
+
+
 # -- BYD-8: uploads by picker, drop and paste ------------------------------------------------
 
 
