@@ -39,11 +39,10 @@ from dataclasses import dataclass
 
 from coop.launcher import exec_child, reset_signals, set_winsize
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
-from coop.sandbox import network, syscalls
+from coop.sandbox import network, syscalls, userns
 from coop.sandbox.mounts import MountTable, Op
 from coop.sandbox.syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
                                    CLONE_NEWUSER, CLONE_NEWUTS, SandboxError)
-from coop.sandbox.userns import blocking_setting, denied_message
 
 PROXY_PORT = 3128
 MAX_FDS = 8  # per message; a spawn carries at most three
@@ -82,12 +81,7 @@ def run_monitor(cfg: InitConfig) -> None:
         flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
         if cfg.network != "host":
             flags |= CLONE_NEWNET
-        try:
-            syscalls.unshare(flags)
-        except SandboxError as exc:
-            if "EPERM" in str(exc) or "ENOSPC" in str(exc):
-                raise SandboxError(denied_message(blocking_setting(uid=cfg.uid))) from None
-            raise
+        userns.unshare(flags, cfg.uid)
         _map_ids("self", cfg.uid, cfg.gid)
         pid = os.fork()
         if pid == 0:
@@ -270,12 +264,22 @@ class Init:
             self._spawn(msg, pty=False)
         elif op == "signal":
             if msg.get("pid") in self.children:
-                try:
-                    os.killpg(msg["pid"], msg["sig"])
-                except OSError:
-                    pass
+                self._signal(msg["pid"], msg["sig"])
         elif op == "stop":
             self.shutdown(float(msg.get("grace", 5.0)))
+
+    @staticmethod
+    def _signal(pid: int, sig: int) -> None:
+        """Its process group; the process alone if it has not reached setsid() yet."""
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            try:
+                os.kill(pid, sig)
+            except OSError:
+                pass
+        except OSError:
+            pass
 
     def _spawn(self, msg: dict, pty: bool) -> None:
         stdio = self._take_fds(0 if pty else 3)

@@ -23,7 +23,7 @@ from typing import Callable
 from coop.launcher import Launcher, LaunchError, PipedChild, PtyChild
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
 from coop.sandbox import init as sandbox_init
-from coop.sandbox import mounts, network
+from coop.sandbox import mounts, network, proxy
 try:  # TEMPORARY until coop/sandbox/limits.py lands
     from coop.sandbox import limits
 except ImportError:
@@ -89,8 +89,9 @@ class SandboxLauncher(Launcher):
         self._ready: asyncio.Future | None = None
         self._gone: asyncio.Event | None = None
         self._children: set[int] = set()
-        self._monitor = 0
-        self._init_pid = 0
+        self._monitor = 0  # host pid of our child, the monitor
+        self._init_pid = 0  # host pid of the init
+        self._init_pidfd = -1  # so a late SIGKILL can never hit a recycled pid
         self._proxy_port: int | None = None
         self._network = None  # the veth handle or the egress proxy
         self._limits = None
@@ -128,6 +129,7 @@ class SandboxLauncher(Launcher):
         try:
             ready = await asyncio.wait_for(self._ready, START_TIMEOUT)
             self._init_pid = ready["pid"]
+            self._init_pidfd = os.pidfd_open(self._init_pid)
             await self._attach(ready)
         except BaseException as exc:
             await self._teardown(0.0)
@@ -169,7 +171,7 @@ class SandboxLauncher(Launcher):
         elif self.spec.network == "proxy":
             self._proxy_port = ready["proxy_port"]
             listener = socket.socket(fileno=self._take_fds(1)[0])
-            self._network = network.EgressProxy(listener, self.spec.allow, self.on_event)
+            self._network = proxy.EgressProxy(listener, self.spec.allow, self.on_event)
             await self._network.start()
 
     def extra_env(self) -> dict[str, str]:
@@ -266,11 +268,12 @@ class SandboxLauncher(Launcher):
         taken, self._fds = self._fds[:count], self._fds[count:]
         return taken
 
-    def _readable(self) -> None:
+    def _readable(self) -> bool:
+        """Read and dispatch what the init sent; False when there is nothing now."""
         try:
             data, fds, _, _ = socket.recv_fds(self._sock, 65536, sandbox_init.MAX_FDS)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data, fds = b"", []
         for fd in fds:  # recv_fds ignores MSG_CMSG_CLOEXEC (Python 3.11)
@@ -278,13 +281,15 @@ class SandboxLauncher(Launcher):
         self._fds += fds
         if not data:
             self._init_gone()
-            return
+            return False
         try:
             for body in self._decoder.feed(data):
                 self._dispatch(decode_json(body))
         except ProtocolError as exc:
             self.on_event(f"sandbox init: {exc.message}")
             self._init_gone()
+            return False
+        return True
 
     def _dispatch(self, msg: dict) -> None:
         kind = msg.get("t")
@@ -329,56 +334,42 @@ class SandboxLauncher(Launcher):
         await self._teardown(grace)
 
     async def _teardown(self, grace: float) -> None:
+        if self._stopping:
+            return
         self._stopping = True
         if self._sock is not None and not self._gone.is_set():
             self._send({"op": "stop", "grace": grace}, [])
+        if self._init_pidfd >= 0:
+            if not await _exited(self._init_pidfd, grace + 5.0):
+                signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
+                await _exited(self._init_pidfd, None)
+            os.close(self._init_pidfd)
+            self._init_pidfd = -1
+        if self._monitor > 0:  # exits right after the init, or kills it (PDEATHSIG)
+            pidfd = os.pidfd_open(self._monitor)
             try:
-                await asyncio.wait_for(self._gone.wait(), grace + 5.0)
-            except asyncio.TimeoutError:
-                self._kill_host(self._init_pid)
-                await self._gone.wait()
-        await self._reap_monitor()
+                if not await _exited(pidfd, 5.0):
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+                    await _exited(pidfd, None)
+            finally:
+                os.close(pidfd)
+            os.waitpid(self._monitor, 0)
+            self._monitor = 0
+        if self._sock is not None:
+            while not self._gone.is_set() and self._readable():
+                pass  # the exits the init reported on its way out
+            self._init_gone()
+            self._sock.close()
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
         if self._network is not None:
             await self._network.close()
             self._network = None
         if self._limits is not None:
             self._limits.cleanup()
             self._limits = None
-        for fd in self._fds:
-            os.close(fd)
-        self._fds.clear()
-        if self._sock is not None:
-            self._sock.close()
         self._remove_scratch()
-
-    @staticmethod
-    def _kill_host(pid: int) -> None:
-        if pid > 0:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-    async def _reap_monitor(self) -> None:
-        """Wait for the monitor (it exits right after the init) without blocking the loop."""
-        if self._monitor <= 0:
-            return
-        pidfd = os.pidfd_open(self._monitor)
-        try:
-            loop = asyncio.get_running_loop()
-            done = loop.create_future()
-            loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
-            try:
-                await asyncio.wait_for(done, 5.0)
-            except asyncio.TimeoutError:
-                self._kill_host(self._monitor)
-                await done
-            finally:
-                loop.remove_reader(pidfd)
-        finally:
-            os.close(pidfd)
-        os.waitpid(self._monitor, 0)
-        self._monitor = 0
 
     def _remove_scratch(self) -> None:
         """upper/, work/ and the staging dir; persist/ stays. fd-based, never
@@ -411,6 +402,19 @@ class SandboxLauncher(Launcher):
         if self._limits is not None:
             info["limits"] = self._limits.describe()
         return info
+
+
+async def _exited(pidfd: int, timeout: float | None) -> bool:
+    """Wait until the process behind ``pidfd`` has exited; False on timeout."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(pidfd, lambda: done.done() or done.set_result(True))
+    try:
+        return await asyncio.wait_for(done, timeout)
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
 
 
 def launcher_for_session(paths, name: str, workspace: str, table: dict,

@@ -42,13 +42,18 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SandboxError(LaunchError):
-    """A sandbox could not be built; the message is one line."""
+    """A sandbox could not be built; the message is one line. ``errno`` is
+    set when a syscall said why."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 def failure(call: str, detail: str, err: int) -> SandboxError:
     """``call(detail): ENAME (text)`` for errno ``err``."""
     name = errno.errorcode.get(err, f"errno {err}")
-    return SandboxError(f"{call}({detail}): {name} ({os.strerror(err)})")
+    return SandboxError(f"{call}({detail}): {name} ({os.strerror(err)})", err)
 
 
 def _check(result: int, call: str, detail: str) -> None:

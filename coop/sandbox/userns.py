@@ -4,10 +4,12 @@ a user namespace, and if not say which setting forbids it and how to get out.
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Callable
 
-from coop.sandbox.syscalls import SandboxError
+from coop.sandbox import syscalls
+from coop.sandbox.syscalls import CLONE_NEWUSER, SandboxError
 
 Reader = Callable[[str], "str | None"]
 
@@ -65,3 +67,14 @@ def check_userns(read: Reader = read_sysctl, uid: int | None = None) -> None:
     setting = blocking_setting(read, uid)
     if setting is not None:
         raise SandboxError(denied_message(setting))
+
+
+def unshare(flags: int, uid: int, read: Reader = read_sysctl) -> None:
+    """unshare(2); when the kernel refuses the user namespace (EPERM from a
+    policy, ENOSPC from a zero limit), the SB-9 message instead of the errno."""
+    try:
+        syscalls.unshare(flags)
+    except SandboxError as exc:
+        if flags & CLONE_NEWUSER and exc.errno in (errno.EPERM, errno.ENOSPC):
+            raise SandboxError(denied_message(blocking_setting(read, uid)), exc.errno) from None
+        raise
