@@ -13,6 +13,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 
+import pytest
+
 from tests import sandbox_driver
 
 USER = "coop-sbtest"
@@ -111,7 +113,32 @@ def wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:
         time.sleep(0.01)
 
 
+def lines(text: str) -> list[str]:
+    """Non-empty, stripped lines, PTY carriage returns removed."""
+    return [line.strip() for line in text.replace("\r", "").splitlines() if line.strip()]
+
+
 def python_in_sandbox(code: str) -> list[str]:
     """argv running ``code`` with the host's system Python inside a host-rootfs sandbox."""
     return [PYTHON, "-c", code]
 
+
+
+@pytest.fixture(scope="module")
+def sandbox_user():
+    """The unprivileged user, for one test module's lifetime."""
+    user = create_user()
+    try:
+        yield user
+    finally:
+        delete_user()
+
+
+@pytest.fixture(params=["root", "user"])
+def box(request, sandbox_user):
+    """Each test once as root and once as the unprivileged user."""
+    box = make_box(request.param, sandbox_user)
+    try:
+        yield box
+    finally:
+        remove_box(box)

@@ -11,30 +11,8 @@ import subprocess
 
 import pytest
 
-from tests.sandbox_fixture import (create_user, delete_user, make_box, python_in_sandbox,
-                                   remove_box, sh, wait_gone)
-
-
-@pytest.fixture(scope="module")
-def sandbox_user():
-    user = create_user()
-    try:
-        yield user
-    finally:
-        delete_user()
-
-
-@pytest.fixture(params=["root", "user"])
-def box(request, sandbox_user):
-    box = make_box(request.param, sandbox_user)
-    try:
-        yield box
-    finally:
-        remove_box(box)
-
-
-def lines(text: str) -> list[str]:
-    return [line.strip() for line in text.replace("\r", "").splitlines() if line.strip()]
+from tests.sandbox_fixture import box, sandbox_user  # noqa: F401 (fixtures)
+from tests.sandbox_fixture import lines, python_in_sandbox, sh, wait_gone
 
 
 # -- SB-8: what must stay out of sight ----------------------------------------------
@@ -309,3 +287,14 @@ def test_describe_says_what_status_shows(box):
     assert info["uid_map"].endswith(f"uid {box.uid} outside")
     assert isinstance(info["init_pid"], int)
 
+
+
+# -- BYD-7: limits reach the sandbox ------------------------------------------------------
+
+
+def test_a_pids_limit_binds_the_sandbox_and_is_described(box):
+    spawn_many = ("(for i in $(seq 40); do sleep 100 >/dev/null 2>&1 & done) 2>/dev/null; "
+                  "set -- /proc/[0-9]*; echo $#")  # builtins only: no fork left
+    results = box.run([{"do": "describe"}, sh(spawn_many)], limits={"pids": 12})
+    assert results[1]["limits"]["pids"].startswith("enforced"), results[1]
+    assert int(lines(results[2]["stdout"])[-1]) <= 13, results  # 12 + the init

@@ -29,6 +29,7 @@ import array  # noqa: F401  (socket.send_fds/recv_fds import it lazily)
 import fcntl
 import gc
 import os
+import resource
 import selectors
 import signal
 import socket
@@ -339,6 +340,8 @@ class Init:
                 fcntl.ioctl(stdio[0], termios.TIOCSCTTY, 0)
             for target, fd in enumerate(stdio):
                 os.dup2(fd, target)
+            for name, value in msg.get("rlimits", {}).items():
+                resource.setrlimit(getattr(resource, name), (value, value))
             signal.set_wakeup_fd(-1)
             reset_signals()
             exec_child(msg["argv"], msg["env"], msg["cwd"])

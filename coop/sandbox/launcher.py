@@ -23,11 +23,7 @@ from typing import Callable
 from coop.launcher import Launcher, LaunchError, PipedChild, PtyChild
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
 from coop.sandbox import init as sandbox_init
-from coop.sandbox import mounts, network, proxy
-try:  # TEMPORARY until coop/sandbox/limits.py lands
-    from coop.sandbox import limits
-except ImportError:
-    limits = None
+from coop.sandbox import limits, mounts, network, proxy
 from coop.sandbox.source import check_source
 from coop.sandbox.syscalls import SandboxError
 from coop.sandbox.userns import check_userns
@@ -163,11 +159,12 @@ class SandboxLauncher(Launcher):
 
     async def _attach(self, ready: dict) -> None:
         """Limits and the host side of the network, once the init is up."""
-        if limits is not None:
-            self._limits = limits.Limits(self.spec.limits, self.spec.name)
-            self._limits.apply(self._init_pid)
+        self._limits = limits.Limits(self.spec.limits, self.spec.name, on_event=self.on_event)
+        self._limits.apply(self._init_pid)
         if self.spec.network == "veth":
-            self._network = await network.start_veth(self._init_pid, self.on_event)
+            # The monitor shares the init's user and network namespaces; unlike
+            # the (non-dumpable) init, its /proc/PID/ns is open to our uid.
+            self._network = await network.start_veth(self._monitor, self.on_event)
         elif self.spec.network == "proxy":
             self._proxy_port = ready["proxy_port"]
             listener = socket.socket(fileno=self._take_fds(1)[0])
@@ -215,7 +212,8 @@ class SandboxLauncher(Launcher):
         ident = next(self._ids)
         future = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
-        self._send({**msg, "id": ident}, fds)
+        rlimits = self._limits.rlimits_for_children() if self._limits is not None else {}
+        self._send({**msg, "id": ident, "rlimits": rlimits}, fds)
         try:
             reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
         finally:
