@@ -77,6 +77,17 @@ def build_parser() -> Parser:
     sv.add_argument("--tls", action="store_true", help="HTTPS with a kept self-signed certificate")
     sv.add_argument("--stop", action="store_true", help="stop the running web server")
 
+    tn = sub.add_parser("tunnel", help="peer-to-peer access from a phone anywhere (WebRTC)")
+    from coop.tunnel_cli import add_arguments as tunnel_arguments
+
+    tunnel_arguments(tn)
+
+    www = sub.add_parser("www", help="the web page as files")
+    www_sub = www.add_subparsers(dest="www_command", metavar="ACTION", parser_class=Parser,
+                                 required=True)
+    wx = www_sub.add_parser("export", help="copy the page into DIR (a static site)")
+    wx.add_argument("dir")
+
     rec = sub.add_parser("rec", help="recordings: ls, play, export")
     rec_sub = rec.add_subparsers(dest="rec_command", metavar="ACTION", parser_class=Parser,
                                  required=True)
@@ -409,6 +420,22 @@ class App:
         except KeyboardInterrupt:
             self.connect().request({"cmd": "serve_stop"})
             print("\nweb server stopped", file=sys.stderr)
+        return 0
+
+    def cmd_tunnel(self) -> int:
+        from coop.tunnel_cli import run_tunnel
+
+        return run_tunnel(self)
+
+    def cmd_www(self) -> int:
+        from coop.page import ExportError, export_www
+
+        try:
+            files = export_www(self.args.dir)
+        except (ExportError, OSError) as exc:
+            raise ClientError(str(exc), 1) from None
+        if not self.args.quiet:
+            print(f"exported {len(files)} files to {os.path.abspath(self.args.dir)}")
         return 0
 
     def cmd_shutdown(self) -> int:
