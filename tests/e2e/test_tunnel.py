@@ -3,37 +3,24 @@ a Python peer playing the browser, both inside a test-made network namespace."""
 
 import asyncio
 import base64
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
-from coop.envelope import decode_offer
+from coop.client import connect
+from coop.envelope import decode_answer, decode_offer
+from coop.paths import Paths
 from tests.daemon import pid_alive
 from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
-
-# The `coop tunnel` command line, parsed with the arguments tunnel_cli defines.
-CLI_DRIVER = """
-import sys
-from coop.cli import App, Parser
-from coop.client import ClientError
-from coop.tunnel_cli import add_arguments, run_tunnel
-parser = Parser(prog="coop tunnel")
-parser.add_argument("--socket")
-parser.add_argument("-q", "--quiet", action="store_true")
-add_arguments(parser)
-try:
-    sys.exit(run_tunnel(App(parser.parse_args(sys.argv[1:]))))
-except ClientError as exc:
-    print(f"coop: {exc}", file=sys.stderr)
-    sys.exit(exc.code)
-"""
 
 
 @pytest.fixture
@@ -246,7 +233,7 @@ def test_several_tunnels_at_once_and_shutdown_closes_them(tunnel_coop):
 
 
 def start_cli(coop, *args) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CLI_DRIVER, *args], env=coop.env,
+    proc = subprocess.Popen([sys.executable, "-m", "coop", "tunnel", *args], env=coop.env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     coop.procs.append(proc)
@@ -283,7 +270,7 @@ def test_cli_connects_and_ctrl_c_closes_the_tunnel(tunnel_coop):
         peer = BrowserPeer()
         answer = await peer.answer(code)
         deliver = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", CLI_DRIVER, "--answer", answer, env=tunnel_coop.env,
+            sys.executable, "-m", "coop", "tunnel", "--answer", answer, env=tunnel_coop.env,
             stdout=asyncio.subprocess.PIPE)
         out, _ = await deliver.communicate()
         assert deliver.returncode == 0 and b"connected" in out
@@ -305,3 +292,144 @@ def test_cli_connects_and_ctrl_c_closes_the_tunnel(tunnel_coop):
         loop.run_until_complete(asyncio.wait_for(closed(peer), 60))
     finally:
         loop.close()
+
+
+# -- a real browser: coop/www/envelope.js in headless Chromium ----------------
+
+WWW = Path(__file__).resolve().parents[2] / "coop" / "www"
+
+# Runs in the page: answer the offer like the connect page, then use the channels.
+BROWSER_SIDE = """
+async ([offerCode]) => {
+  const env = await import("/envelope.js");
+  const offer = await env.decodeOffer("http://coop.test/connect#" + offerCode);
+  const pc = new RTCPeerConnection();
+  window.coop = { pc, offer, control: null, ptys: {} };
+  pc.ondatachannel = ({ channel }) => {
+    channel.binaryType = "arraybuffer";
+    if (channel.label === "coop-control") { window.coop.control = channel; return; }
+    const pty = { answer: null, text: "", buf: new Uint8Array(0), channel };
+    channel.onmessage = ({ data }) => {
+      if (typeof data === "string") { pty.answer = JSON.parse(data); window.coop.ptys[pty.answer.id] = pty; return; }
+      const joined = new Uint8Array(pty.buf.length + data.byteLength);
+      joined.set(pty.buf); joined.set(new Uint8Array(data), pty.buf.length);
+      let at = 0;
+      while (joined.length - at >= 4) {
+        const len = new DataView(joined.buffer).getUint32(at);
+        if (joined.length - at - 4 < len) break;
+        if (joined[at + 4] === 0) pty.text += new TextDecoder().decode(joined.slice(at + 5, at + 4 + len));
+        at += 4 + len;
+      }
+      pty.buf = joined.slice(at);
+    };
+  };
+  await pc.setRemoteDescription({ type: "offer", sdp: offer.sdp });
+  await pc.setLocalDescription(await pc.createAnswer());
+  if (pc.iceGatheringState !== "complete") {
+    await new Promise((done) => pc.addEventListener("icegatheringstatechange",
+      () => pc.iceGatheringState === "complete" && done()));
+  }
+  const answer = await env.encodeAnswer(pc.localDescription.sdp);
+  return { answer, secret: offer.secret, hostname: offer.hostname, machineId: offer.machineId };
+}
+"""
+
+USE_CHANNELS = """
+async () => {
+  const until = async (test, what) => {
+    for (let i = 0; i < 400; i++) { const v = test(); if (v) return v; await new Promise((r) => setTimeout(r, 25)); }
+    throw new Error("timed out waiting for " + what);
+  };
+  const control = await until(() => window.coop.control?.readyState === "open" && window.coop.control, "control");
+  const answers = {};
+  control.onmessage = ({ data }) => { const a = JSON.parse(data); answers[a.id] = a; };
+  control.send(JSON.stringify({ id: 1, cmd: "ls" }));
+  const ls = await until(() => answers[1], "ls");
+  control.send(JSON.stringify({ id: 2, cmd: "attach", session: "proj", pty: 0, cols: 80, rows: 24 }));
+  const pty = await until(() => window.coop.ptys[2]?.channel.readyState === "open" && window.coop.ptys[2], "pty");
+  const keys = new TextEncoder().encode("echo chrome-$((6*7))\\r");
+  const frame = new Uint8Array(5 + keys.length);
+  new DataView(frame.buffer).setUint32(0, keys.length + 1);
+  frame.set(keys, 5);
+  pty.channel.send(frame);
+  await until(() => pty.text.includes("chrome-42"), "echo");
+  return { sessions: ls.sessions.map((s) => s.name), attach: pty.answer, label: pty.channel.label };
+}
+"""
+
+HOSTILE_IN_PAGE = """
+async ([codes]) => {
+  const env = await import("/envelope.js");
+  const out = [];
+  for (const code of codes) {
+    try { await env.decodeOffer(code); out.push("accepted"); }
+    catch (err) { out.push((err instanceof env.EnvelopeError ? "" : "OTHER ") + err.message); }
+  }
+  return out;
+}
+"""
+
+
+@pytest.fixture
+def chromium_page():
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists("/usr/bin/chromium"):
+        pytest.skip("no chromium on this machine")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            files = {"/": ("text/html", "<!doctype html><title>coop test</title>"),
+                     "/envelope.js": ("text/javascript", (WWW / "envelope.js").read_text())}
+
+            def serve(route):
+                path = "/" + route.request.url.split("/", 3)[3]
+                kind, body = files.get(path, ("text/plain", ""))
+                route.fulfill(status=200 if path in files else 404, content_type=kind, body=body)
+
+            page.route("http://coop.test/**", serve)
+            page.goto("http://coop.test/")
+            yield page
+        finally:
+            browser.close()
+
+
+@pytest.mark.slow
+def test_chromium_connects_with_envelope_js_through_the_automatic_path(tunnel_coop, chromium_page):
+    conn = connect(Paths(state=tunnel_coop.state, socket=tunnel_coop.socket), autostart=False)
+    info = conn.request({"cmd": "tunnel", "no_stun": True})
+    got = chromium_page.evaluate(BROWSER_SIDE, [info["envelope"]])
+    assert got["hostname"] and len(got["machineId"]) == 16
+    assert len(got["answer"]) < 300, got["answer"]
+    answer = decode_answer(got["answer"])  # envelope.js and envelope.py agree
+    assert answer.setup == "active" and not any(c.mdns for c in answer.candidates)
+    # what the web actor does with the page's automatic post (TUN-3)
+    applied = conn.request({"cmd": "tunnel_answer", "answer": got["answer"],
+                            "secret": got["secret"]})
+    assert applied["tunnel"] == info["tunnel"]
+    deadline = time.monotonic() + 15
+    while conn.request({"cmd": "tunnel_status", "tunnel": info["tunnel"]})["state"] != "connected":
+        assert time.monotonic() < deadline, "Chromium never connected"
+        time.sleep(0.05)
+    used = chromium_page.evaluate(USE_CHANNELS)
+    assert used["sessions"] == ["proj"]
+    assert used["label"] == "coop-pty-proj-0" and used["attach"]["ok"]
+
+
+def test_envelope_js_refuses_hostile_offers(netns, chromium_page):
+    bomb = base64.urlsafe_b64encode(zlib.compress(b"[1," + b" " * 3_000_000 + b"]")).decode()
+    wrong_fp = base64.urlsafe_b64encode(zlib.compress(json.dumps(
+        [1, "abcd", "p" * 22, "zz", [], 5000, 65536, "0123456789abcdef", "h", "s" * 12]).encode()
+    )).decode().rstrip("=")
+    injected = base64.urlsafe_b64encode(zlib.compress(json.dumps(
+        [1, "abcd\r\na=x", "p" * 22, "A" * 43, [], 5000, 65536, "0123456789abcdef", "h",
+         "s" * 12]).encode())).decode().rstrip("=")
+    out = chromium_page.evaluate(HOSTILE_IN_PAGE, [["%%%", "AAAAAAAA", bomb.rstrip("="),
+                                                    wrong_fp, injected, "", "A" * 5000]])
+    assert out == ["offer code is not base64url (copy it again, whole)",
+                   "offer code is damaged (not zlib data)",
+                   "code expands beyond 4096 bytes",
+                   "fingerprint must be a sha-256 digest in base64url",
+                   "ICE ufrag must be 4-256 ice-chars",
+                   "empty offer code",
+                   "offer code is too long (5000 characters)"], out
