@@ -142,7 +142,7 @@ async def read_all(fd: int) -> str:
     loop.add_reader(fd, readable)
     try:
         await asyncio.wait_for(done, TIMEOUT)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise TimeoutError(f"no end of output within {TIMEOUT:g} s") from None
     finally:
         loop.remove_reader(fd)

@@ -23,13 +23,13 @@ PYTHON = "/usr/bin/python3"  # the user cannot reach root's pyenv interpreter
 
 
 def create_user() -> pwd.struct_passwd:
-    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)  # a killed run's
+    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True, check=False)  # a killed run's
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     return pwd.getpwnam(USER)
 
 
 def delete_user() -> None:
-    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True, check=False)
 
 
 @dataclass
@@ -64,7 +64,7 @@ class Box:
         proc = subprocess.run(
             ["runuser", "-u", USER, "--", "env", "-i", f"HOME={self.home}", "PATH=/usr/bin:/bin",
              f"PYTHONPATH={ROOT}", PYTHON, os.path.join(ROOT, "tests", "sandbox_driver.py")],
-            input=json.dumps(scenario), capture_output=True, text=True, timeout=60)
+            input=json.dumps(scenario), capture_output=True, text=True, timeout=60, check=False)
         if proc.returncode != 0:
             raise AssertionError(f"driver failed: {proc.stderr[-3000:]}")
         return json.loads(proc.stdout)
@@ -95,7 +95,7 @@ def make_box(who: str, user: pwd.struct_passwd | None) -> Box:
 
 
 def remove_box(box: Box) -> None:
-    subprocess.run(["chmod", "-R", "u+rwx", box.base], capture_output=True)
+    subprocess.run(["chmod", "-R", "u+rwx", box.base], capture_output=True, check=False)
     shutil.rmtree(box.base, ignore_errors=True)
 
 

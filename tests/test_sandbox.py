@@ -8,11 +8,14 @@ import shutil
 import signal
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from tests.sandbox_fixture import box, sandbox_user  # noqa: F401 (fixtures)
+from tests import sandbox_fixture
 from tests.sandbox_fixture import lines, python_in_sandbox, sh, wait_gone
+
+sandbox_user, box = sandbox_fixture.sandbox_user, sandbox_fixture.box  # fixtures
 
 
 # -- SB-8: what must stay out of sight ----------------------------------------------
@@ -123,7 +126,7 @@ def test_writes_outside_workspace_vanish_and_workspace_writes_stay(box):
     second = box.run([sh(check)])
     assert lines(second[1]["stdout"]) == ["e"]
     kept = os.path.join(box.workspace, "kept")
-    assert open(kept).read() == "e\n"
+    assert Path(kept).read_text() == "e\n"
     assert os.stat(kept).st_uid == box.uid
     assert sorted(os.listdir(box.state_dir)) == []
 
@@ -135,7 +138,7 @@ def test_persist_dirs_survive_a_new_sandbox(box):
     again = box.exec("cat /root/.claude/state /root/.config/gh/hosts", persist=persist)
     assert lines(again["stdout"]) == ["token", "gh"]
     saved = os.path.join(box.state_dir, "persist", ".claude", "state")
-    assert open(saved).read() == "token\n"
+    assert Path(saved).read_text() == "token\n"
 
 
 def test_a_planted_symlink_in_persist_is_refused_not_followed(box):
@@ -159,13 +162,13 @@ def test_cleanup_removes_planted_symlinks_without_following_them(box):
     box.chown(victim)
     box.run([sh(f"ln -s {victim} /root/link; ln -s {victim}/precious /root/file-link; "
                 "mkdir -p /root/locked/deep && chmod 000 /root/locked"), {"do": "stop"}])
-    assert open(os.path.join(victim, "precious")).read() == "keep\n"
+    assert Path(victim, "precious").read_text() == "keep\n"
     assert os.listdir(box.state_dir) == []
 
 
 def test_dev_is_minimal_and_tty_is_the_sandbox_pts(box):
-    results = box.run([{"do": "pty", "argv": ["/bin/sh", "-c", "tty; ls /dev; echo x > /dev/null; "
-                                             "head -c 4 /dev/urandom | wc -c"]}])
+    command = "tty; ls /dev; echo x > /dev/null; head -c 4 /dev/urandom | wc -c"
+    results = box.run([{"do": "pty", "argv": ["/bin/sh", "-c", command]}])
     out = lines(results[1]["output"])
     assert out[0].startswith("/dev/pts/")
     assert set(" ".join(out[1:-1]).split()) == {
@@ -239,7 +242,7 @@ def _copy_with_libraries(binaries: list[str], root: str) -> None:
     """A tiny rootfs: the binaries and the shared libraries they load, no Python."""
     needed = set(binaries)
     for binary in binaries:
-        out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+        out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
         needed.update(part for part in out.split() if part.startswith("/"))
     for path in needed:
         real = os.path.realpath(path)

@@ -8,8 +8,10 @@ import socket
 
 import pytest
 
-from tests.sandbox_fixture import box, sandbox_user  # noqa: F401 (fixtures)
+from tests import sandbox_fixture
 from tests.sandbox_fixture import lines, python_in_sandbox, sh
+
+sandbox_user, box = sandbox_fixture.sandbox_user, sandbox_fixture.box  # fixtures
 
 CONNECT = """
 import errno, socket, sys

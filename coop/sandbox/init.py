@@ -42,8 +42,15 @@ from coop.launcher import exec_child, reset_signals, set_winsize
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
 from coop.sandbox import network, syscalls, userns
 from coop.sandbox.mounts import MountTable, Op
-from coop.sandbox.syscalls import (CLONE_NEWIPC, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWPID,
-                                   CLONE_NEWUSER, CLONE_NEWUTS, SandboxError)
+from coop.sandbox.syscalls import (
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+    SandboxError,
+)
 
 PROXY_PORT = 3128
 MAX_FDS = 8  # per message; a spawn carries at most three

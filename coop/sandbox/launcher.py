@@ -17,8 +17,8 @@ import itertools
 import os
 import signal
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from coop.launcher import Launcher, LaunchError, PipedChild, PtyChild
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
@@ -349,9 +349,10 @@ class SandboxLauncher(Launcher):
                 if not await _exited(pidfd, 5.0):
                     signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                     await _exited(pidfd, None)
+                # A zombie by now: WNOHANG collects it without blocking the loop.
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
             finally:
                 os.close(pidfd)
-            os.waitpid(self._monitor, 0)
             self._monitor = 0
         if self._sock is not None:
             while not self._gone.is_set() and self._readable():
@@ -409,7 +410,7 @@ async def _exited(pidfd: int, timeout: float | None) -> bool:
     loop.add_reader(pidfd, lambda: done.done() or done.set_result(True))
     try:
         return await asyncio.wait_for(done, timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return False
     finally:
         loop.remove_reader(pidfd)

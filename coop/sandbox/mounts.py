@@ -14,12 +14,24 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
-from coop.sandbox.syscalls import (MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID,
-                                   MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT, SandboxError,
-                                   mount, pivot_root, umount2)
+from coop.sandbox.syscalls import (
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    SandboxError,
+    mount,
+    pivot_root,
+    umount2,
+)
 
 SKELETON = ":skeleton"  # Overlay.lower for the host rootfs: the generated top level
 HOST_SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "opt")

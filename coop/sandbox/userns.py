@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-from typing import Callable
+from collections.abc import Callable
 
 from coop.sandbox import syscalls
 from coop.sandbox.syscalls import CLONE_NEWUSER, SandboxError
