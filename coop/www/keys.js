@@ -8,6 +8,7 @@ export function ctrlOf(char) {
   if (c >= 0x40 && c <= 0x5f) return String.fromCharCode(c - 0x40); // @ A–Z [ \ ] ^ _
   if (char === " " || char === "2") return "\x00";
   if (char === "?" || char === "8") return "\x7f";
+  if (char === "/") return "\x1f";
   if (char >= "3" && char <= "7") return String.fromCharCode(char.charCodeAt(0) - 0x33 + 0x1b); // ESC … US
   return null;
 }

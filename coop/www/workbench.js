@@ -26,7 +26,7 @@ class Pane {
     this.title = h("span", {class: "pane-title"});
     this.status = h("div", {class: "pane-status", role: "status", hidden: true});
     this.body = h("div", {class: "pane-body"});
-    this.el = h("div", {class: "pane", role: "tabpanel", dataset: {pty}},
+    this.el = h("div", {class: "pane", role: "tabpanel", id: `pane-${pty}`, dataset: {pty}},
       h("div", {class: "pane-head"}, this.title,
         iconButton("close", "Close this pane", () => bench.unsplit(pty), {cls: "btn-ghost btn-small pane-close"})),
       this.body, this.status);
@@ -152,6 +152,7 @@ export class Workbench {
     this.panes.clear();
     this.session = null;
     this.layout = null;
+    this._tabsSignature = "";
     this.tabsEl.replaceChildren();
     this.panesEl.replaceChildren();
   }
@@ -273,15 +274,24 @@ export class Workbench {
   _renderTabs() {
     const L = this.layout;
     const visible = this._visible();
-    this.tabsEl.replaceChildren(...this._ptys().map((pty) => {
+    const ptys = this._ptys();
+    // rebuilt only on change, so a focused tab keeps its focus across polls
+    const signature = JSON.stringify([ptys, L.active, visible]);
+    if (signature === this._tabsSignature) return;
+    this._tabsSignature = signature;
+    const hadFocus = this.tabsEl.contains(document.activeElement);
+    this.tabsEl.replaceChildren(...ptys.map((pty) => {
       const selected = pty.id === L.active;
+      const shown = visible.includes(pty.id);
       return h("button", {
-        type: "button", role: "tab", class: `tab tab-${pty.role}${visible.includes(pty.id) ? " shown" : ""}`,
-        "aria-selected": String(selected), tabindex: selected ? "0" : "-1", title: pty.command || ptyLabel(pty),
+        type: "button", role: "tab", class: `tab tab-${pty.role}${shown ? " shown" : ""}`,
+        "aria-selected": String(selected), "aria-controls": shown ? `pane-${pty.id}` : undefined,
+        tabindex: selected ? "0" : "-1", title: pty.command || ptyLabel(pty),
         dataset: {pty: pty.id, state: pty.state}, onclick: () => this.select(pty.id),
       }, icon(pty.role === "agent" ? "agent" : "terminal"), h("span", {class: "tab-label"}, ptyLabel(pty)),
       pty.state === "exited" ? h("span", {class: "tab-exited"}, "exited") : null);
     }));
+    if (hadFocus) this.tabsEl.querySelector('[aria-selected="true"]')?.focus();
   }
 
   _tabKey(event) {

@@ -81,8 +81,8 @@ def start_serve(coop: Coop, *extra: str) -> Served:
     return served
 
 
-def launch(playwright):
-    return playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+def launch(playwright, *extra_args: str):
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, *extra_args])
 
 
 class PageWatch:

@@ -32,13 +32,18 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def browser():
+def driver():
     with sync_playwright() as p:
-        b = launch(p)
-        try:
-            yield b
-        finally:
-            b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(driver):
+    b = launch(driver)
+    try:
+        yield b
+    finally:
+        b.close()
 
 
 @pytest.fixture
@@ -378,6 +383,24 @@ def test_stream_resumes_from_its_offset_and_resets_only_on_a_gap(open_page):
     assert result["state"] == "ended"
 
 
+def test_key_bytes(open_page):
+    """What the key bar and the sticky Ctrl send (keys.js, loaded from the served page)."""
+    page = open_page()
+    got = js(page, """async () => {
+      const k = await import("/keys.js");
+      return {
+        ctrl: ["c", "C", "d", "[", "@", " ", "?", "/", "3", "|"].map((c) => k.ctrlOf(c)),
+        arrows: [k.arrow("up"), k.arrow("left", true)],
+        paste: [k.pasteOf("a\\nb"), k.pasteOf("x", true)],
+        words: [k.shellWord("/workspace/.coop-uploads/a.png"), k.shellWord("/w/it's here.txt")],
+      };
+    }""")
+    assert got["ctrl"] == ["\x03", "\x03", "\x04", "\x1b", "\x00", "\x00", "\x7f", "\x1f", "\x1b", None]
+    assert got["arrows"] == ["\x1b[A", "\x1bOD"]
+    assert got["paste"] == ["a\rb", "\x1b[200~x\x1b[201~"]
+    assert got["words"] == ["/workspace/.coop-uploads/a.png", "'/w/it'\\''s here.txt'"]
+
+
 # -- BYD-8: uploads by picker, drop and paste ------------------------------------------------
 
 
@@ -458,6 +481,45 @@ def test_read_only_link_shows_without_controls_and_discards_input(browser, coop,
     finally:
         viewer_context.close()
         owner_context.close()
+
+
+def test_terminal_renders_under_a_strict_style_policy(driver, served):
+    """xterm.js themes itself through <style> elements; under ``style-src 'self'`` (no
+    'unsafe-inline') the browser ignores them and the page mirrors them into
+    constructable stylesheets instead."""
+    # a document fulfilled by the test has no address space: let it reach loopback
+    browser = launch(driver, "--disable-features=LocalNetworkAccessChecks")
+    try:
+        page = browser.new_page(viewport=DESKTOP)
+        watch = PageWatch(page)
+        violations = []
+        page.on("console", lambda m: "inline style" in m.text and violations.append(m.text))
+
+        def strict(route):
+            response = route.fetch()
+            headers = dict(response.headers)
+            headers["content-security-policy"] = re.sub(
+                r"style-src[^;]*", "style-src 'self'", headers["content-security-policy"])
+            route.fulfill(response=response, headers=headers)
+
+        page.goto(served.link)  # sets the cookie; the redirect it answers is not routed
+        page.route(served.base + "/", strict)
+        page.goto(served.base + "/")
+        wait_open(page, 0)
+        type_into(page, 0, "printf '\\033[31mred\\033[0m\\n'\n")
+        wait_line(page, 0, r"^red$")
+        assert violations, "the strict policy was not in force"
+        style = js(page, """() => {
+          const rows = document.querySelector('.xterm-rows');
+          const red = [...rows.querySelectorAll('span')].find((s) => s.textContent === 'red');
+          return {text: getComputedStyle(rows).color, red: red ? getComputedStyle(red).color : null,
+                  cell: rows.firstElementChild.getBoundingClientRect().height};
+        }""")
+        assert (style["text"], style["red"]) == ("rgb(213, 218, 227)", "rgb(239, 107, 115)")
+        assert style["cell"] > 10
+        assert watch.errors == []
+    finally:
+        browser.close()
 
 
 # -- WEB-5: remembered layout and theme, shortcut overlay -------------------------------------
