@@ -15,7 +15,7 @@ each step is ``{"do": ...}``:
 - ``abandon``                           -> closes the init's socket as a dying actor would
 - ``start``                             -> a new launcher on the same spec
 - ``describe``                          -> the launcher's describe()
-A failing start or step ends the run with ``{"error": message}`` as its result.
+A failing step's result is ``{"error": message}``; a failing start ends the run.
 """
 
 from __future__ import annotations
@@ -156,8 +156,11 @@ async def run(scenario: dict) -> list[dict]:
     try:
         results.append(await runner.start())
         for step in scenario["steps"]:
-            results.append(await runner.step(step))
-    except (LaunchError, OSError, TimeoutError) as exc:
+            try:
+                results.append(await runner.step(step))
+            except (LaunchError, OSError, TimeoutError) as exc:
+                results.append({"error": str(exc)})
+    except (LaunchError, OSError) as exc:
         results.append({"error": str(exc)})
     finally:
         if runner.launcher is not None:

@@ -301,3 +301,10 @@ def test_a_pids_limit_binds_the_sandbox_and_is_described(box):
     results = box.run([{"do": "describe"}, sh(spawn_many)], limits={"pids": 12})
     assert results[1]["limits"]["pids"].startswith("enforced"), results[1]
     assert int(lines(results[2]["stdout"])[-1]) <= 13, results  # 12 + the init
+
+
+def test_arguments_over_the_frame_limit_fail_as_a_launch_error(box):
+    results = box.run([sh("true", env={"HUGE": "x" * (1 << 20)}), sh("echo fine")])
+    assert results[1]["error"].startswith("cannot start /bin/sh: ")
+    assert results[1]["error"].endswith("(arguments and environment too large)")
+    assert lines(results[2]["stdout"]) == ["fine"]  # the sandbox is still serving

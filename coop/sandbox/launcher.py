@@ -213,7 +213,14 @@ class SandboxLauncher(Launcher):
         future = asyncio.get_running_loop().create_future()
         self._pending[ident] = future
         rlimits = self._limits.rlimits_for_children() if self._limits is not None else {}
-        self._send({**msg, "id": ident, "rlimits": rlimits}, fds)
+        try:
+            self._send({**msg, "id": ident, "rlimits": rlimits}, fds)
+        except ProtocolError as exc:  # over the 1 MiB frame limit
+            self._pending.pop(ident, None)
+            for fd in fds:
+                os.close(fd)
+            raise LaunchError(f"cannot start {msg['argv'][0]}: {exc.message} "
+                              "(arguments and environment too large)") from None
         try:
             reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
         finally:

@@ -12,6 +12,7 @@ redirect a mount.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable
@@ -339,9 +340,16 @@ class MountTable:
             target = self._target(op.target)
         data = (f"lowerdir={lowers},upperdir={_fd_path(upper)},"
                 f"workdir={_fd_path(work)},userxattr")
+        shown = ":".join("(host top level)" if lower == SKELETON else lower for lower in op.lowers)
         try:
             mount("overlay", _fd_path(target), "overlay", 0, data,
-                  label=f"overlay {':'.join(op.lowers)} → {op.target}")
+                  label=f"overlay {shown} → {op.target}")
+        except SandboxError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            raise SandboxError(f"{exc} — the kernel refuses the overlay; ~/.coop must be on a "
+                               "filesystem with user xattrs (not NFS; tmpfs since Linux 6.6)",
+                               exc.errno) from None
         finally:
             for fd in (upper, work, target):
                 os.close(fd)
