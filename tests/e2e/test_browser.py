@@ -401,6 +401,19 @@ def test_key_bytes(open_page):
     assert got["words"] == ["/workspace/.coop-uploads/a.png", "'/w/it'\\''s here.txt'"]
 
 
+def test_a_stalled_browser_gets_a_lag_notice_and_a_redrawn_screen(open_page):
+    """PTY-2 seen from the page: while the renderer is busy the browser stops reading, the
+    daemon drops this client's output, then sends "lag" and a replay to draw from."""
+    page = open_page()
+    wait_open(page, 0)
+    type_into(page, 0, "sleep 1; seq 1 3000000; echo EN''D\n")
+    js(page, "() => { const end = Date.now() + 6000; while (Date.now() < end) {} }")
+    rows = wait_line(page, 0, r"^END$", timeout=60)
+    assert rows[rows.index("END") - 1] == "3000000"
+    assert "fell behind" in notice(page, "info", "fell behind")
+    assert js(page, "window.coopDebug.stats(0).resets") >= 1
+
+
 # -- BYD-8: uploads by picker, drop and paste ------------------------------------------------
 
 
