@@ -55,8 +55,8 @@ from coop.protocol import ErrorCode, FrameType, ProtocolError
 
 DEFAULT_STUN = ["stun:stun.l.google.com:19302", "stun:stun.cloudflare.com:3478"]
 RETAIN = 30.0  # a finished tunnel's state stays readable this long
-HIGH_WATER = 128 << 10  # bytes one PTY channel may have queued in aiortc
-LOW_WATER = 32 << 10
+HIGH_WATER = 64 << 10  # bytes one PTY channel may have queued in aiortc
+LOW_WATER = 16 << 10
 CHUNK = 16 << 10  # interoperable DataChannel message size
 INPUT_LIMIT = 4 << 20  # browser input the session has not read yet
 MAX_CHANNELS = 64

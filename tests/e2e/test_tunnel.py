@@ -433,3 +433,43 @@ def test_envelope_js_refuses_hostile_offers(netns, chromium_page):
                    "ICE ufrag must be 4-256 ice-chars",
                    "empty offer code",
                    "offer code is too long (5000 characters)"], out
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.slow
+def test_a_flooding_pty_channel_does_not_stall_another(tunnel_coop):
+    """TUN-4: `yes` on one channel; keys on the agent's channel still echo
+    promptly, and the tunnel actor's memory stays bounded."""
+    async def scenario():
+        ipc, info, peer = await connected_peer(tunnel_coop)
+        agent = await peer.attach("proj", 0)
+        agent.send(b"echo ready-$((1+1))\r")
+        await agent.read_until(b"ready-2")
+        flood = await peer.request({"cmd": "shell", "session": "proj", "command": "exec yes"})
+        flooding = await peer.attach("proj", flood["pty"])
+        await flooding.read_until(b"y\r\n")
+        actor = tunnel_actor_pid(tunnel_coop)
+        rss_before = rss_kib(actor)
+        times = []
+        for i in range(20):
+            start, key = len(agent.output), b"abcdefghijklmnopqrst"[i:i + 1]
+            t0 = time.monotonic()
+            agent.send(key)
+            await agent.read_until(key, start=start, timeout=10)
+            times.append(time.monotonic() - t0)
+        received = len(flooding.output)
+        await flooding.read_until(b"y\r\n", start=received)  # still flowing
+        print("echo times behind the flood:", " ".join(f"{t:.3f}" for t in times))
+        # a lost SCTP chunk costs a retransmission timeout (>= 1 s) now and then;
+        # an unbounded queue behind `yes` would cost ever more seconds instead
+        assert sorted(times)[len(times) // 2] < 0.5 and max(times) < 8, times
+        assert rss_kib(actor) - rss_before < 64 << 10  # not buffering the flood
+        await peer.request({"cmd": "kill", "session": "proj", "force": True})
+        await peer.close()
+        ipc.close()
+
+    run(scenario())
