@@ -3,14 +3,18 @@ error lines, the mount plan, the no-symlink walk, spec validation."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
+from coop import coopfile
+from coop.launcher import LaunchError
+from coop.paths import Paths
 from coop.sandbox import mounts, syscalls, userns
-from coop.sandbox.launcher import SandboxSpec
+from coop.sandbox.launcher import SandboxSpec, launcher_for_session
 from coop.sandbox.mounts import SKELETON, Bind, File, Overlay, Proc, ReadOnly, Skeleton, Symlink
 from coop.sandbox.source import check_source
 from coop.sandbox.syscalls import SandboxError
@@ -259,3 +263,58 @@ def test_a_spec_the_mount_table_cannot_express_is_refused(field, value, message)
     with pytest.raises(SandboxError) as info:
         spec.check()
     assert str(info.value) == message
+
+
+def test_a_forbidden_user_namespace_stops_start_before_anything_exists(tmp_path):
+    """SB-9 end to end: inside a user namespace whose limit for nested ones is
+    0, start() fails with the setting named and creates nothing."""
+    (tmp_path / "ws").mkdir()
+    spec = {"name": "s", "rootfs": "host", "state_dir": str(tmp_path / "state"),
+            "workspace": str(tmp_path / "ws")}
+    script = ("echo 0 > /proc/sys/user/max_user_namespaces && exec "
+              f"{sys.executable} {ROOT}/tests/sandbox_driver.py")
+    out = subprocess.run(["unshare", "-Ur", "sh", "-c", script],
+                         input=json.dumps({"spec": spec, "steps": []}), capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=30,
+                         check=True)
+    error = json.loads(out.stdout)[0]["error"]
+    assert error.startswith("this host forbids user namespaces (user.max_user_namespaces=0)")
+    assert not (tmp_path / "state").exists()
+
+
+# -- a Coopfile table becomes a sandbox -------------------------------------------------
+
+
+def test_a_coopfile_table_becomes_the_sandbox_spec(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    (home / "proj").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    paths = Paths.default(socket=str(tmp_path / "sock"))
+    table = coopfile.validate({
+        "agent": {"command": "claude"}, "workspace": {"path": "/src"},
+        "network": {"mode": "proxy", "allow": ["*.example.org"]},
+        "session": {"persist": [".claude"]}, "limits": {"memory": "1G", "pids": 64}})
+    launcher = launcher_for_session(paths, "demo", str(home / "proj"), table)
+    assert launcher.spec == SandboxSpec(
+        name="demo", rootfs="host", state_dir=str(home / ".coop/sessions/demo"),
+        workspace=str(home / "proj"), workspace_path="/src", persist=[".claude"],
+        network="proxy", allow=["*.example.org"],
+        limits={"memory": 1 << 30, "pids": 64, "cpu": None})
+    assert (launcher.home, launcher.user, launcher.workdir) == ("/root", "root", "/src")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(SandboxError, match="outside your home directory"):
+        launcher_for_session(paths, "demo", str(elsewhere), table)
+    assert launcher_for_session(paths, "demo", str(elsewhere), table,
+                                allow_paths=[str(elsewhere)]).spec.workspace == str(elsewhere)
+    with pytest.raises(SandboxError, match="coop's own state"):
+        launcher_for_session(paths, "demo", str(tmp_path), table, allow_paths=[str(tmp_path)])
+
+
+def test_an_image_without_a_built_rootfs_says_to_run_coop_init(tmp_path, monkeypatch):
+    (tmp_path / "proj").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    table = coopfile.validate({"agent": {"command": "sh"}, "base": {"image": "alpine:3.20"}})
+    with pytest.raises(LaunchError, match="rootfs is not built yet; run `coop init`"):
+        launcher_for_session(Paths.default(socket=str(tmp_path / "sock")), "s",
+                             str(tmp_path / "proj"), table)

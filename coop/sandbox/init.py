@@ -15,7 +15,9 @@ SCM_RIGHTS.
 
 Capability policy: the init keeps root of the sandbox's own user namespace
 (it owns the mount, network, PID and UTS namespaces). Every process it starts
-enters a *nested* user + mount + UTS namespace created once per session: the
+enters a *nested* user + mount + UTS namespace (the jail), made by the first
+one and kept by the init for all later ones, so it lives as long as the
+session: the
 nested mount namespace is a copy made into a less privileged user namespace,
 so the kernel locks every mount coop made (no remount of a read-only mount,
 no unmount that would reveal what lies below), and root there holds no

@@ -20,7 +20,12 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from coop.coopfile import parse_size
+from coop.image import tree
+from coop.image.build import rootfs_for
 from coop.launcher import Launcher, LaunchError, PipedChild, PtyChild
+from coop.log import log
+from coop.paths import home
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
 from coop.sandbox import init as sandbox_init
 from coop.sandbox import limits, mounts, network, proxy
@@ -115,6 +120,9 @@ class SandboxLauncher(Launcher):
             self._monitor = os.fork()
             if self._monitor == 0:
                 sandbox_init.run_monitor(cfg)  # never returns
+        except OSError:
+            parent.close()
+            raise
         finally:
             child.close()
         parent.setblocking(False)
@@ -139,9 +147,6 @@ class SandboxLauncher(Launcher):
         symlink the session may have planted) and the mount plan."""
         spec = self.spec
         os.makedirs(spec.state_dir, mode=0o700, exist_ok=True)
-        self._remove_scratch()
-        for name in ("upper", "work", mounts.STAGE):
-            os.mkdir(os.path.join(spec.state_dir, name), 0o700)
         state = os.open(spec.state_dir, _DIR | os.O_NOFOLLOW)
         try:
             for rel in spec.persist:
@@ -149,6 +154,9 @@ class SandboxLauncher(Launcher):
                                              label=f"persist dir {rel}"))
         finally:
             os.close(state)
+        self._remove_scratch()  # a crashed run's
+        for name in ("upper", "work", mounts.STAGE):
+            os.mkdir(os.path.join(spec.state_dir, name), 0o700)
         host = mounts.host_entries() if spec.rootfs == "host" or spec.host_lower else None
         files = {"/etc/resolv.conf": f"nameserver {network.DNS_SERVER}\n"} \
             if spec.network == "veth" else None
@@ -380,10 +388,10 @@ class SandboxLauncher(Launcher):
     def _remove_scratch(self) -> None:
         """upper/, work/ and the staging dir; persist/ stays. fd-based, never
         following a symlink the session planted."""
-        from coop.image.tree import remove
-
+        if not os.path.isdir(self.spec.state_dir):
+            return  # never started
         for name in ("upper", "work", mounts.STAGE):
-            remove(os.path.join(self.spec.state_dir, name))
+            tree.remove(os.path.join(self.spec.state_dir, name))
 
     def describe(self) -> dict:
         spec = self.spec
@@ -427,11 +435,6 @@ def launcher_for_session(paths, name: str, workspace: str, table: dict,
                          allow_paths: list[str] = ()) -> SandboxLauncher:
     """A validated Coopfile table -> the session's sandbox (SB-2..SB-5).
     ``allow_paths`` are the user's ``--allow-path`` directories (SB-3)."""
-    from coop.coopfile import parse_size
-    from coop.image.build import rootfs_for
-    from coop.log import log
-    from coop.paths import home
-
     workspace = check_source(workspace, str(home()), list(allow_paths), [str(paths.state)])
     built = rootfs_for(table, paths.state)
     if built is None:
