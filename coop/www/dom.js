@@ -65,8 +65,8 @@ export function icon(name) {
   return svg;
 }
 
-/** A button with an icon and an accessible label (shown as text when `text` is true). */
-export function iconButton(name, label, onclick, {text = false, cls = ""} = {}) {
+/** A button showing only an icon, labelled for screen readers and as a tooltip. */
+export function iconButton(name, label, onclick, {cls = ""} = {}) {
   return h("button", {type: "button", class: `btn ${cls}`.trim(), "aria-label": label, title: label, onclick},
-    icon(name), text ? h("span", {class: "btn-text"}, label) : null);
+    icon(name));
 }

@@ -8,8 +8,7 @@ const shown = new Map(); // key → {el, timer}
 /** notify("text", {kind: "info"|"ok"|"warn"|"error", key, timeout, action: {label, run}}) */
 export function notify(message, {kind = "info", key = message, timeout = 5000, action = null} = {}) {
   const region = document.getElementById("notices");
-  const old = shown.get(key);
-  if (old) dismiss(key);
+  dismiss(key);
   const el = h("div", {class: `notice notice-${kind}`, role: kind === "error" || kind === "warn" ? "alert" : "status",
     dataset: {key}},
   h("span", {class: "notice-text"}, message),
@@ -21,7 +20,6 @@ export function notify(message, {kind = "info", key = message, timeout = 5000, a
   region.append(el);
   const timer = timeout ? setTimeout(() => dismiss(key), timeout) : 0;
   shown.set(key, {el, timer});
-  return () => dismiss(key);
 }
 
 export function dismiss(key) {

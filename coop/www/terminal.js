@@ -74,6 +74,11 @@ export class TerminalView {
     };
   }
 
+  /** fn(KeyboardEvent) sees each key first; returning false keeps it from the terminal. */
+  interceptKeys(fn) {
+    this.term.attachCustomKeyEventHandler(fn);
+  }
+
   /** fn(cols, rows) after the terminal grid changed size. */
   onResize(fn) {
     const sub = this.term.onResize(({cols, rows}) => fn(cols, rows));

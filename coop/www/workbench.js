@@ -46,7 +46,7 @@ class Pane {
     this.view.onInput((data) => {
       if (!bench.readOnly) this.stream.send(bench.filterInput(data));
     });
-    this.view.term.attachCustomKeyEventHandler((event) => bench.terminalKey(event));
+    this.view.interceptKeys((event) => bench.terminalKey(event));
   }
 
   setLabel(text) {
@@ -179,13 +179,13 @@ export class Workbench {
   }
 
   /** Show pty: focus its pane, or put it in the active pane. */
-  select(pty, {focus = true} = {}) {
+  select(pty) {
     const L = this.layout;
     if (!L) return;
     if (!L.panes.includes(pty)) L.panes[L.panes.indexOf(L.active)] = pty;
     L.active = pty;
     this._changed();
-    if (focus) this.active?.view.focus();
+    this.active?.view.focus();
   }
 
   /** The pane holding pty becomes the active one (it got focus). */
