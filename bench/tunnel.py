@@ -26,10 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop import protocol, websocket  # noqa: E402
-from coop.protocol import FrameDecoder, FrameType  # noqa: E402
-from tests.daemon import Coop  # noqa: E402
-from tests.tunnel_peer import BrowserPeer, IpcClient, private_network  # noqa: E402
+from coop import websocket
+from tests.daemon import Coop
+from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
 
 END = b"BENCH-END"
 
@@ -52,7 +51,7 @@ class WebSocketTerminal:
         self.output = bytearray()
 
     @classmethod
-    async def open(cls, port: int, token: str, session: str, pty: int) -> "WebSocketTerminal":
+    async def open(cls, port: int, token: str, session: str, pty: int) -> WebSocketTerminal:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         key = base64.b64encode(os.urandom(16)).decode()
         writer.write((f"GET /ws?session={session}&pty={pty}&token={token} HTTP/1.1\r\n"

@@ -87,7 +87,7 @@ class Description:
     setup: str = "actpass"  # actpass in offers; active or passive in answers
 
     @classmethod
-    def from_sdp(cls, sdp: str, setup: str | None = None) -> "Description":
+    def from_sdp(cls, sdp: str, setup: str | None = None) -> Description:
         """Reduce an SDP offer or answer (aiortc's or a browser's).
         ``setup`` overrides the role, e.g. for an answer that says nothing."""
         if not isinstance(sdp, str) or len(sdp) > 65536:
@@ -164,7 +164,7 @@ class Description:
         ]
         return "\r\n".join(lines) + "\r\n"
 
-    def without_mdns(self) -> "Description":
+    def without_mdns(self) -> Description:
         """Drop ``.local`` candidates: resolving them costs aioice an mDNS
         timeout and they never help from another network (TUN-2)."""
         return replace(self, candidates=tuple(c for c in self.candidates if not c.mdns))

@@ -11,8 +11,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coop.envelope import (
-    MAX_CANDIDATES, Candidate, Description, EnvelopeError, Offer, decode_answer, decode_offer,
-    encode_answer, encode_offer,
+    MAX_CANDIDATES,
+    Candidate,
+    Description,
+    EnvelopeError,
+    Offer,
+    decode_answer,
+    decode_offer,
+    encode_answer,
+    encode_offer,
 )
 
 FP = bytes(range(32))

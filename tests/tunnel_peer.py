@@ -59,7 +59,7 @@ class IpcClient:
         self.reader, self.writer = reader, writer
 
     @classmethod
-    async def connect(cls, path) -> "IpcClient":
+    async def connect(cls, path) -> IpcClient:
         reader, writer = await asyncio.open_unix_connection(str(path))
         client = cls(reader, writer)
         assert (await client.ask(protocol.hello()))["ok"]

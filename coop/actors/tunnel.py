@@ -1,6 +1,7 @@
 """Tunnel actor: WebRTC peers for ``coop tunnel`` (TUN-1 … TUN-5, SEC-3).
 
-The only importer of aiortc (heavy). The supervisor forks it on the first
+The only importer of aiortc (heavy), and only once forked: importing this
+module stays cheap, so the supervisor never carries aiortc. The supervisor forks it on the first
 ``tunnel`` command and forwards every ``tunnel*`` command to
 ``~/.coop/tunnel.sock``; one process hosts every tunnel and exits once none
 has existed for ``RETAIN`` seconds.
@@ -43,9 +44,6 @@ import struct
 import time
 from collections import deque
 
-from aiortc import (RTCConfiguration, RTCIceServer, RTCPeerConnection,
-                    RTCSessionDescription)
-
 from coop import coopfile, envelope, fdpass, protocol
 from coop.actors.supervisor import NAME_RE, SocketPathError, check_socket_path
 from coop.log import log, set_actor
@@ -73,7 +71,9 @@ def connect_timeout() -> float:
 class Tunnel:
     """One peer connection: offer, answer, control requests, PTY bridges."""
 
-    def __init__(self, actor: "TunnelActor", ident: str, stun: list[str]):
+    def __init__(self, actor: TunnelActor, ident: str, stun: list[str]):
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+
         self.actor = actor
         self.id = ident
         self.secret = secrets.token_urlsafe(9)
@@ -107,6 +107,8 @@ class Tunnel:
     # -- answer and state (TUN-3, TUN-5) -------------------------------------
 
     async def apply_answer(self, code: str) -> dict:
+        from aiortc import RTCSessionDescription
+
         if self.state != "waiting":
             return protocol.error(ErrorCode.INVALID_COMMAND,
                                   f"tunnel {self.id} is {self.state}, not waiting for an answer")
@@ -117,7 +119,7 @@ class Tunnel:
         self.state = "connecting"  # refuse a second answer from now on
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(answer.to_sdp(), "answer"))
-        except Exception as exc:  # aiortc rejected what the envelope accepted
+        except Exception as exc:  # noqa: BLE001 - aiortc rejected what the envelope accepted
             self.finish("failed", f"the answer could not be applied: {exc}")
             return protocol.error(ErrorCode.INVALID_COMMAND, f"answer not applied: {exc}")
         log(f"tunnel {self.id}: answer applied")
@@ -162,7 +164,7 @@ class Tunnel:
     async def _close_pc(self) -> None:
         try:
             await asyncio.wait_for(self.pc.close(), 5)
-        except (asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001 - closing anyway
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing anyway
             log(f"tunnel {self.id}: close: {exc!r}")
 
     # -- coop-control (TUN-4) ------------------------------------------------
@@ -189,7 +191,7 @@ class Tunnel:
             answer = await getattr(self, f"_cmd_{cmd}")(msg, ident)
         except ProtocolError as exc:
             answer = exc.answer()
-        except Exception as exc:  # never let one request end the tunnel
+        except Exception as exc:  # noqa: BLE001 - never let one request end the tunnel
             log(f"tunnel {self.id}: internal error: {exc!r}")
             answer = protocol.error(ErrorCode.INTERNAL, f"internal error: {exc}")
         finally:
@@ -279,7 +281,7 @@ class PtyBridge(asyncio.Protocol):
         """The session actor's command-mode answer, which precedes stream frames."""
         try:
             return await asyncio.wait_for(asyncio.shield(self._answer), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return protocol.error(ErrorCode.INTERNAL, "the session did not answer the attach")
 
     def open_channel(self, channel, first: str) -> None:
@@ -388,7 +390,7 @@ class TunnelActor:
     async def ask_session(self, path: str, msg: dict, fds=(), timeout: float = 30) -> dict:
         try:
             return await fdpass.ask(path, msg, list(fds), timeout)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             name = os.path.basename(os.path.dirname(path))
             return protocol.error(ErrorCode.SESSION_NOT_FOUND, f"no session {name!r} (see ls)")
 
@@ -397,7 +399,7 @@ class TunnelActor:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(str(self.paths.socket)), 5)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return protocol.error(ErrorCode.INTERNAL, "the daemon is not answering")
         try:
             writer.write(protocol.encode_message(protocol.hello()) + protocol.encode_message(msg))
@@ -410,7 +412,7 @@ class TunnelActor:
                 if not answer.get("ok"):
                     return answer
             return answer
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return protocol.error(ErrorCode.INTERNAL, "the daemon did not answer")
         finally:
             writer.close()
@@ -463,11 +465,11 @@ class TunnelActor:
                 answer = await self.dispatch(cmd, msg)
             except ProtocolError as exc:
                 answer = exc.answer()
-            except Exception as exc:  # never let one request take every tunnel down
+            except Exception as exc:  # noqa: BLE001 - one request never ends every tunnel
                 log(f"internal error: {exc!r}")
                 answer = protocol.error(ErrorCode.INTERNAL, f"internal error: {exc}")
             await chan.send(answer)
-        except (OSError, asyncio.TimeoutError, ProtocolError):
+        except (TimeoutError, OSError, ProtocolError):
             pass
         finally:
             chan.close()
@@ -500,10 +502,12 @@ class TunnelActor:
         self.tunnels[ident] = tunnel
         try:
             answer = await tunnel.offer(self.paths, connect_url)
-        except (ProtocolError, envelope.EnvelopeError) as exc:
-            tunnel.finish("failed", str(exc))
-            return (exc.answer() if isinstance(exc, ProtocolError)
-                    else protocol.error(ErrorCode.INTERNAL, f"offer: {exc}"))
+        except ProtocolError as exc:
+            tunnel.finish("failed", exc.message)
+            return exc.answer()
+        except Exception as exc:  # noqa: BLE001 - gathering or encoding failed
+            tunnel.finish("failed", f"cannot make an offer: {exc}")
+            return protocol.error(ErrorCode.INTERNAL, f"cannot make an offer: {exc}")
         log(f"tunnel {ident}: offer ready ({len(answer['envelope'])} characters)")
         return answer
 

@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from coop.client import connect
+from coop.client import ClientError, connect
 from coop.envelope import decode_answer, decode_offer
 from coop.paths import Paths
 from tests.daemon import pid_alive
@@ -121,7 +122,7 @@ async def wait_for_async(ask, check, timeout=10):
 
 def test_control_channel_refuses_bad_requests_and_keeps_serving(tunnel_coop):
     async def scenario():
-        ipc, info, peer = await connected_peer(tunnel_coop)
+        ipc, _, peer = await connected_peer(tunnel_coop)
         answers = []
         peer.control.on("message", lambda m: answers.append(m))
         for bad in ("not json", "[1,2]", '{"cmd": "exec", "session": "proj", "argv": ["id"]}',
@@ -149,7 +150,7 @@ def test_create_and_kill_over_the_tunnel(tunnel_coop):
     ws = tunnel_coop.workspace("other", 'command = "sh"')
 
     async def scenario():
-        ipc, info, peer = await connected_peer(tunnel_coop)
+        ipc, _, peer = await connected_peer(tunnel_coop)
         created = await peer.request({"cmd": "create", "workspace": str(ws), "name": "other"})
         assert created["ok"] and created["session"] == "other", created
         pty = await peer.attach("other")
@@ -199,7 +200,7 @@ def test_answer_rules_and_hostile_answers(tunnel_coop):
 
 
 def tunnel_actor_pid(coop) -> int | None:
-    out = subprocess.run(["ss", "-xlpn"], capture_output=True, text=True).stdout
+    out = subprocess.run(["ss", "-xlpn"], capture_output=True, text=True, check=False).stdout
     for line in out.splitlines():
         if str(coop.state / "tunnel.sock") in line and "pid=" in line:
             return int(line.split("pid=")[1].split(",")[0])
@@ -221,7 +222,7 @@ def test_several_tunnels_at_once_and_shutdown_closes_them(tunnel_coop):
             sys.executable, "-m", "coop", "shutdown", env=tunnel_coop.env)
         assert await result.wait() == 0
         for ipc, _, peer in (first, second):
-            await wait_for_async(lambda: asyncio.sleep(0, peer.pc.connectionState),
+            await wait_for_async(lambda p=peer: asyncio.sleep(0, p.pc.connectionState),
                                  lambda s: s in ("closed", "failed"), timeout=40)
             await peer.close()
             ipc.close()
@@ -445,7 +446,7 @@ def test_a_flooding_pty_channel_does_not_stall_another(tunnel_coop):
     """TUN-4: `yes` on one channel; keys on the agent's channel still echo
     promptly, and the tunnel actor's memory stays bounded."""
     async def scenario():
-        ipc, info, peer = await connected_peer(tunnel_coop)
+        ipc, _, peer = await connected_peer(tunnel_coop)
         agent = await peer.attach("proj", 0)
         agent.send(b"echo ready-$((1+1))\r")
         await agent.read_until(b"ready-2")
@@ -471,5 +472,79 @@ def test_a_flooding_pty_channel_does_not_stall_another(tunnel_coop):
         await peer.request({"cmd": "kill", "session": "proj", "force": True})
         await peer.close()
         ipc.close()
+
+    run(scenario())
+
+
+def test_tunnel_socket_is_private_and_never_a_symlink(tunnel_coop, tmp_path):
+    sock = tunnel_coop.state / "tunnel.sock"
+    os.symlink(tmp_path / "elsewhere", sock)
+    conn = connect(Paths(state=tunnel_coop.state, socket=tunnel_coop.socket), autostart=False)
+    with pytest.raises(ClientError, match="symlink"):
+        conn.request({"cmd": "tunnel", "no_stun": True})
+    assert not (tmp_path / "elsewhere").exists()
+    os.unlink(sock)
+    info = conn.request({"cmd": "tunnel", "no_stun": True})
+    assert info["envelope"] and stat.S_IMODE(os.stat(sock).st_mode) == 0o600
+    assert stat.S_ISSOCK(os.lstat(sock).st_mode)
+    conn.request({"cmd": "tunnel_close", "tunnel": info["tunnel"]})
+
+
+def test_only_the_tunnel_actor_imports_aiortc(tunnel_coop):
+    """The CLI never loads aiortc; the supervisor imports the actor module, but
+    aiortc loads only in the forked actor."""
+    probe = ("import sys, coop.cli, coop.client, coop.tunnel_cli, coop.envelope, "
+             "coop.actors.supervisor, coop.actors.tunnel; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiortc', 'aioice', 'av')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    conn = connect(Paths(state=tunnel_coop.state, socket=tunnel_coop.socket), autostart=False)
+    info = conn.request({"cmd": "tunnel", "no_stun": True})
+    actor = tunnel_actor_pid(tunnel_coop)
+    with open(f"/proc/{actor}/maps") as f:
+        assert "libavcodec" in f.read()  # aiortc's media stack: the marker works
+    with open(f"/proc/{tunnel_coop.daemon_pid()}/maps") as f:
+        assert "libavcodec" not in f.read()
+    conn.request({"cmd": "tunnel_close", "tunnel": info["tunnel"]})
+
+
+class StunResponder(asyncio.DatagramProtocol):
+    """A STUN server inside the test's namespace: every binding request learns
+    it is at 198.18.0.77:40000 (a pretend NAT)."""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        self.requests = 0
+
+    def datagram_received(self, data, addr):
+        from aioice import stun
+
+        request = stun.parse_message(data)
+        response = stun.Message(message_method=stun.Method.BINDING,
+                                message_class=stun.Class.RESPONSE,
+                                transaction_id=request.transaction_id)
+        response.attributes["XOR-MAPPED-ADDRESS"] = ("198.18.0.77", 40000)
+        self.requests += 1
+        self.transport.sendto(bytes(response), addr)
+
+
+def test_offer_carries_a_server_reflexive_candidate_from_the_given_stun(tunnel_coop, netns):
+    async def scenario():
+        transport, responder = await asyncio.get_running_loop().create_datagram_endpoint(
+            StunResponder, local_addr=(netns, 3478))
+        try:
+            ipc = await IpcClient.connect(tunnel_coop.socket)
+            bad = await ipc.ask({"cmd": "tunnel", "stun": ["http://x"]})
+            assert bad["error"] == "INVALID_COMMAND"
+            info = await ipc.ask({"cmd": "tunnel", "stun": [f"stun:{netns}:3478"]})
+            assert info["ok"], info
+            candidates = decode_offer(info["envelope"]).description.candidates
+            assert ("198.18.0.77", 40000, "srflx") in [(c.address, c.port, c.type)
+                                                       for c in candidates]
+            assert responder.requests >= 1
+            ipc.close()
+        finally:
+            transport.close()
 
     run(scenario())
