@@ -383,15 +383,24 @@ class SandboxLauncher(Launcher):
         if self._limits is not None:
             self._limits.cleanup()
             self._limits = None
-        self._remove_scratch()
+        try:
+            self._remove_scratch()
+        except SandboxError as exc:  # the processes are gone all the same
+            self.on_event(str(exc))
 
     def _remove_scratch(self) -> None:
         """upper/, work/ and the staging dir; persist/ stays. fd-based, never
-        following a symlink the session planted."""
+        following a symlink the session planted. Raises SandboxError (one
+        line) when the session left something that cannot be removed."""
         if not os.path.isdir(self.spec.state_dir):
             return  # never started
         for name in ("upper", "work", mounts.STAGE):
-            tree.remove(os.path.join(self.spec.state_dir, name))
+            path = os.path.join(self.spec.state_dir, name)
+            try:
+                tree.remove(path)
+            except (OSError, RecursionError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "nested too deeply"
+                raise SandboxError(f"cannot remove {path}: {reason}") from None
 
     def describe(self) -> dict:
         spec = self.spec
