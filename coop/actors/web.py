@@ -240,7 +240,7 @@ class HttpConnection(asyncio.Protocol):
             return False
         self.eof = True  # answer what was asked, then close
         self.wakeup.set()
-        return True
+        return not self.server.tls  # a TLS transport cannot stay half-open
 
     def connection_lost(self, exc) -> None:
         self.lost = True

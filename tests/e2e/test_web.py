@@ -203,6 +203,8 @@ def test_without_a_valid_token_every_route_is_403_and_nothing_else(web, tmp_path
             run(web.term(token=token))
         assert info.value.response.status_code == 403
     assert [s["name"] for s in web.coop.ls()] == ["proj"]  # the DELETE did nothing
+    log = web.coop.log()
+    assert "GET /no/such → 403" in log and foreign not in log and web.token not in log
 
 
 def test_websocket_upgrade_needs_same_origin(web):
@@ -237,6 +239,26 @@ def test_attach_type_echo_and_resize(web):
         await term.resize(77, 22)
         await term.send("stty size\r")  # a text frame that is not JSON control is input
         await term.until(b"22 77")
+        pong = await term.conn.ping(b"are you there")
+        await asyncio.wait_for(pong, 10)
+        await term.close()
+        assert term.conn.protocol.close_rcvd.code == 1000  # the server answered the close handshake
+
+    run(scenario())
+
+
+def test_agent_exit_and_restart_reach_the_browser_as_events(web):
+    async def scenario():
+        term = await web.term()
+        await term.send(b"kill -9 $$\r")
+        exited = await term.event("exited")
+        assert (exited["pty"], exited["code"]) == (0, -9)
+        restarting = await term.event("restarting")
+        assert restarting["delay_ms"] == 1000
+        wait_for(lambda: web.coop.session("proj")["ptys"][0]["state"] == "running", 10,
+                 what="the restarted agent")
+        await term.send(b"echo back-$((4+4))\r")  # the same socket reaches the new agent
+        await term.until(b"back-8")
         await term.close()
 
     run(scenario())
