@@ -164,7 +164,7 @@ class Tunnel:
     async def _close_pc(self) -> None:
         try:
             await asyncio.wait_for(self.pc.close(), 5)
-        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - closing anyway
+        except Exception as exc:  # noqa: BLE001 - closing anyway (a timeout included)
             log(f"tunnel {self.id}: close: {exc!r}")
 
     # -- coop-control (TUN-4) ------------------------------------------------
@@ -223,11 +223,11 @@ class Tunnel:
         return await self.actor.ask_supervisor(request, timeout=120)
 
     async def _cmd_shell(self, msg: dict, ident) -> dict:
-        name = self.actor.session_socket(msg["session"])
+        path = self.actor.session_socket(msg["session"])
         request = {"cmd": "spawn_shell"}
         if msg.get("command") is not None:
             request["command"] = msg["command"]
-        answer = await self.actor.ask_session(name, request)
+        answer = await self.actor.ask_session(path, request)
         return {**answer, "session": msg["session"]} if answer.get("ok") else answer
 
     async def _cmd_attach(self, msg: dict, ident) -> dict:
@@ -241,6 +241,7 @@ class Tunnel:
         bridge = PtyBridge(self, ident)
         try:
             await asyncio.get_running_loop().connect_accepted_socket(lambda: bridge, ours)
+            self.bridges.add(bridge)  # until its socketpair closes (connection_lost)
             adopted = await self.actor.ask_session(path, {"cmd": "adopt", "kind": "tunnel",
                                                           "request": request}, [theirs.fileno()])
         finally:
@@ -258,7 +259,6 @@ class Tunnel:
         label = f"coop-pty-{session}-{answer.get('pty', pty)}"
         bridge.open_channel(self.pc.createDataChannel(label),
                             json.dumps({**answer, "id": ident}))
-        self.bridges.add(bridge)
         return {**answer, "channel": label}
 
 
