@@ -167,10 +167,11 @@ def test_cleanup_removes_planted_symlinks_without_following_them(box):
 
 
 def test_dev_is_minimal_and_tty_is_the_sandbox_pts(box):
-    command = "tty; ls /dev; echo x > /dev/null; head -c 4 /dev/urandom | wc -c"
+    command = "tty; stty size; ls /dev; echo x > /dev/null; head -c 4 /dev/urandom | wc -c"
     results = box.run([{"do": "pty", "argv": ["/bin/sh", "-c", command]}])
     out = lines(results[1]["output"])
     assert out[0].startswith("/dev/pts/")
+    assert out.pop(1) == "24 80"  # the size the spawn asked for
     assert set(" ".join(out[1:-1]).split()) == {
         "full", "null", "ptmx", "pts", "random", "shm", "tty", "urandom", "zero", "fd", "stdin",
         "stdout", "stderr"}
