@@ -633,3 +633,30 @@ def test_tls_keeps_its_certificate_and_relays_websockets(coop):
     again = serve(coop, tls=True)
     track_web_actor(coop)
     assert again["fingerprint"] == web.answer["fingerprint"]
+
+
+def test_connections_leave_no_descriptors_behind(web):
+    web_pid, session_pid = web_actor_pid(web.coop), web.coop.session("proj")["pid"]
+
+    def fds(pid):
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    async def churn():
+        for i in range(60):
+            term = await web.term()
+            if i % 2:
+                await term.close()
+            else:
+                term.conn.transport.abort()  # a dropped network, no close handshake
+        for _ in range(20):
+            with pytest.raises(websockets.InvalidStatus):
+                await web.term(token="wrong")
+
+    before = fds(web_pid), fds(session_pid)
+    run(churn())
+    for _ in range(40):
+        assert web.request("GET", "/api/sessions")[0] == 200
+        web.raw(b"garbage\r\n\r\n")
+    wait_for(lambda: (fds(web_pid), fds(session_pid)) == before, 10,
+             what=f"descriptors back to {before}")
+    assert web.coop.session("proj")["web_clients"] == 0
