@@ -387,8 +387,8 @@ class HttpConnection(asyncio.Protocol):
 
     async def _send(self, request: http.Request | None, response: Response) -> bool:
         """Write a response; True when the connection stays open for another request."""
-        if request is None or not request.keep_alive or self.parser.stopped:
-            response.close = True
+        if request is None or not request.keep_alive or (self.parser.stopped and not self.queue):
+            response.close = True  # (a request pipelined behind this one still gets its answer)
         if response.status >= 400 and request is not None:
             log(f"{request.method} {request.raw_path[:200]} → {response.status}")
         self.transport.write(self._render(response, request))

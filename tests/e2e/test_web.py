@@ -660,3 +660,13 @@ def test_connections_leave_no_descriptors_behind(web):
     wait_for(lambda: (fds(web_pid), fds(session_pid)) == before, 10,
              what=f"descriptors back to {before}")
     assert web.coop.session("proj")["web_clients"] == 0
+
+
+def test_pipelined_requests_are_answered_in_order(web):
+    host = f"Host: 127.0.0.1:{web.port}\r\nAuthorization: Bearer {web.token}\r\n"
+    answer = web.raw((f"GET /api/sessions HTTP/1.1\r\n{host}\r\n"
+                      f"HEAD /app.js HTTP/1.1\r\n{host}\r\n"
+                      f"GET /no/such HTTP/1.1\r\n{host}Connection: close\r\n\r\n").encode())
+    statuses = re.findall(rb"HTTP/1.1 (\d{3}) ", answer)
+    assert statuses == [b"200", b"200", b"404"]
+    assert answer.count(b"Connection: close") == 1
