@@ -96,10 +96,19 @@ def test_busy_port_is_one_clear_error(coop):
 
 def test_supervisor_restarts_a_killed_web_actor_with_same_port_and_token(web):
     pid = web_actor_pid(web.coop)
-    os.kill(pid, signal.SIGKILL)
-    new = wait_for(lambda: (p := web_actor_pid(web.coop)) not in (None, pid) and p, 15,
-                   what="a new web actor")
-    web.coop.extra_pids.add(new)
+
+    async def scenario():
+        term = await web.term()
+        os.kill(pid, signal.SIGKILL)
+        new = wait_for(lambda: (p := web_actor_pid(web.coop)) not in (None, pid) and p, 15,
+                       what="a new web actor")
+        web.coop.extra_pids.add(new)
+        # the handed-off WebSocket never depended on the web actor
+        await term.send(b"echo survived-$((7*6))\r")
+        await term.until(b"survived-42")
+        await term.close()
+
+    run(scenario())
     wait_for(lambda: _status_or_none(web, "/api/sessions") == 200, 15, what="web server back")
     again = serve(web.coop)
     assert (again["port"], again["token"]) == (web.port, web.token)
