@@ -33,10 +33,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import websockets  # noqa: E402
+import websockets
 
-from tests.daemon import Coop  # noqa: E402
-from tests.webclient import rss_kib, serve, web_actor_pid  # noqa: E402
+from tests.daemon import Coop
+from tests.webclient import rss_kib, serve, web_actor_pid
 
 MARKER = b"DONE-2"
 COMMAND = "cat {path}; echo DONE-$((1+1))\r"
@@ -124,7 +124,7 @@ class Reader:
         self._tail = b""
 
     @classmethod
-    async def open(cls, dialect: Dialect) -> "Reader":
+    async def open(cls, dialect: Dialect) -> Reader:
         conn = await websockets.connect(dialect.url(), origin=dialect.origin, max_size=None,
                                         ping_interval=None, open_timeout=30, close_timeout=1)
         reader = cls(dialect, conn)
@@ -136,7 +136,7 @@ class Reader:
         while True:
             try:
                 await asyncio.wait_for(self.conn.recv(), quiet)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
 
     async def until(self, needle: bytes, timeout: float = 300) -> None:

@@ -38,7 +38,7 @@ def _with_openssl(openssl: str, cert: Path, key: Path, addresses: list[str]) -> 
            "-sha256", "-days", str(DAYS), "-nodes", "-subj", "/CN=coop",
            "-addext", f"subjectAltName={alt}", "-keyout", str(key), "-out", str(cert)]
     res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                         preexec_fn=lambda: os.umask(0o077), timeout=60)
+                         preexec_fn=lambda: os.umask(0o077), timeout=60, check=False)
     if res.returncode != 0:
         last = (res.stderr.strip().splitlines() or ["no output"])[-1]
         raise CertificateError(f"openssl could not create a certificate: {last}")
@@ -55,7 +55,7 @@ def _with_cryptography(cert: Path, key: Path, addresses: list[str]) -> None:
             from None
     private = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "coop")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     alt = [x509.DNSName(n) for n in NAMES] + [x509.IPAddress(ipaddress.ip_address(a))
                                                 for a in addresses]
     certificate = (x509.CertificateBuilder().subject_name(name).issuer_name(name)

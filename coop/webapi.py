@@ -64,7 +64,7 @@ async def ask_daemon(paths: Paths, msg: dict, timeout: float = ASK_TIMEOUT) -> d
     """One command to the supervisor over its socket, handshake first (IPC-3)."""
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(str(paths.socket)), 5)
-    except (OSError, asyncio.TimeoutError):
+    except (TimeoutError, OSError):
         raise ApiError(ErrorCode.INTERNAL, "the coop daemon is not reachable", 503) from None
     try:
         writer.write(protocol.encode_message(protocol.hello()) + protocol.encode_message(msg))
@@ -77,7 +77,7 @@ async def ask_daemon(paths: Paths, msg: dict, timeout: float = ASK_TIMEOUT) -> d
             if answers and not answers[0].get("ok"):
                 return answers[0]
         return answers[1]
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise ApiError(ErrorCode.INTERNAL, "the coop daemon did not answer in time", 504) from None
     finally:
         writer.close()
@@ -207,7 +207,7 @@ class Api:
             msg["command"] = body["command"]
         try:
             answer = await fdpass.ask(str(self.paths.actor_socket(name)), msg, timeout=ASK_TIMEOUT)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             raise ApiError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
         return status_for(answer, 201), answer
 

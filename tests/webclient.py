@@ -135,7 +135,7 @@ class Web:
             f"{k}={v}" for k, v in query.items())
 
     async def term(self, session: str = "proj", pty: int = 0, token: str | None = None,
-                   origin: str | None = None, **params) -> "Term":
+                   origin: str | None = None, **params) -> Term:
         conn = await websockets.connect(
             self.ws_url(session, pty, token, **params), origin=origin or self.origin,
             max_size=None, open_timeout=10, ping_interval=None,
@@ -161,7 +161,7 @@ class Term:
         self.attached: dict | None = None
 
     @classmethod
-    async def attached(cls, conn) -> "Term":
+    async def attached(cls, conn) -> Term:
         term = cls(conn)
         term.attached = await term.event("attached")
         return term

@@ -294,7 +294,8 @@ class HttpConnection(asyncio.Protocol):
         self.body_of = request
         if (request.method == "POST" and UPLOAD_PATH.fullmatch(request.raw_path)
                 and self.server.auth.access(request) is Access.FULL):
-            spool = tempfile.TemporaryFile(dir=self.server.paths.state)
+            # closed by _request once answered, or by connection_lost
+            spool = tempfile.TemporaryFile(dir=self.server.paths.state)  # noqa: SIM115
             self.spools[id(request)] = spool
             return UPLOAD_LIMIT, spool.write
         return None
@@ -321,7 +322,7 @@ class HttpConnection(asyncio.Protocol):
                     return
         except ConnectionError:
             self.transport.abort()
-        except Exception as exc:  # SEC-4: one connection's bug never takes the server down
+        except Exception as exc:  # noqa: BLE001 - SEC-4: one bad connection, not the server
             log(f"internal error serving a web request: {exc!r}")
             self.transport.abort()
         finally:
@@ -404,7 +405,7 @@ class HttpConnection(asyncio.Protocol):
             self._writable = self.loop.create_future()
             try:
                 await asyncio.wait_for(self._writable, WRITE_TIMEOUT)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise ConnectionError("client stopped reading") from None
         if self.lost:
             raise ConnectionError("client went away")
@@ -450,7 +451,7 @@ class HttpConnection(asyncio.Protocol):
         try:
             answer = await fdpass.ask(str(self.server.paths.actor_socket(name)), {"cmd": "info"},
                                       timeout=5)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             return protocol.error(ErrorCode.SESSION_NOT_FOUND, f"no session {name!r}")
         ptys = [p.get("id") for p in (answer.get("session") or {}).get("ptys") or []]
         if pty not in ptys:
@@ -478,7 +479,7 @@ class HttpConnection(asyncio.Protocol):
             answer = await fdpass.ask(path, msg, [fd], timeout=10)
         except (FileNotFoundError, ConnectionRefusedError):  # never reached the actor
             answer = protocol.error(ErrorCode.SESSION_NOT_FOUND, f"session {attach['session']} is gone")
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             answer = None  # the actor may own the socket now: stay silent
         finally:
             os.close(fd)
@@ -496,7 +497,7 @@ class HttpConnection(asyncio.Protocol):
             path = str(self.server.paths.actor_socket(attach["session"]))
             answer = await fdpass.ask(path, self._adopt(attach, read_only, "ipc", b""),
                                       [theirs.fileno()], timeout=10)
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             answer = protocol.error(ErrorCode.SESSION_NOT_FOUND, f"session {attach['session']} is gone")
         finally:
             theirs.close()
