@@ -104,9 +104,10 @@ class QueuedClient(asyncio.Protocol):
         self._paused = False
         if self._dropped and not self._closing:
             dropped, self._dropped = self._dropped, 0
-            offset = self.console.scrollback.end - len(self.console.scrollback.replay())
+            replay = self.console.scrollback.replay()
+            offset = self.console.scrollback.end - len(replay)
             self.event({"event": "lag", "dropped": dropped, "offset": offset})
-            self.console.replay_to(self)
+            self._write_output(replay)
             log(f"{self.kind} client on pty {self.console.id} lagged, "
                 f"{dropped} bytes dropped")
 

@@ -222,12 +222,6 @@ class Console:
         self.resize(nudge=True)
         return start
 
-    def replay_to(self, client: Client) -> int:
-        """A fresh screen for a client that lagged (PTY-2); returns its offset."""
-        replay = self.scrollback.replay()
-        client.output(replay)
-        return self.scrollback.end - len(replay)
-
     def remove_client(self, client: Client) -> None:
         if client in self.clients:
             self.clients.remove(client)
