@@ -226,7 +226,6 @@ COMMANDS: dict[str, dict[str, tuple[str, bool]]] = {
     "tunnel_close": {"tunnel": ("str", True)},
     "shutdown": {},
     "status": {},
-    "logs": {"session": ("str", False)},
 }
 
 

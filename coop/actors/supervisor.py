@@ -271,7 +271,8 @@ class Supervisor:
             return protocol.ok(daemon={"pid": os.getpid(), "version": __version__,
                                        "started": int(self.started),
                                        "socket": str(self.paths.socket),
-                                       "web": web and {"host": web["host"], "port": web["port"]}},
+                                       "web": web and {"host": web["host"], "port": web["port"],
+                                                       "urls": web.get("urls", [])}},
                                sessions=await self._infos())
         if cmd == "serve":
             return await self.serve_web(msg)
@@ -282,7 +283,7 @@ class Supervisor:
         if cmd == "shutdown":
             asyncio.get_running_loop().call_soon(self.stopping.set)
             return protocol.ok()
-        return protocol.error(ErrorCode.INVALID_COMMAND, f"{cmd}: not available in this daemon yet")
+        return protocol.error(ErrorCode.INVALID_COMMAND, f"unknown command {cmd!r}")
 
     def find(self, ref: str) -> str:
         """DMN-5: a session by name, or by workspace path when ``ref`` has a '/'."""
@@ -440,21 +441,26 @@ class Supervisor:
 
     async def tunnel_request(self, msg: dict) -> dict:
         """Forward a tunnel command to the tunnel actor, starting it on demand.
-        Only that actor imports aiortc (it is heavy)."""
-        if self.tunnel_pid not in self.children:
-            if msg["cmd"] != "tunnel":
-                return protocol.error(ErrorCode.INVALID_COMMAND, "no tunnel is running")
-            from coop.actors import tunnel
+        Only that actor imports aiortc (it is heavy). The actor exits when it
+        has had no tunnel for a while; a request racing that exit starts a new one."""
+        for attempt in (1, 2):
+            if self.tunnel_pid not in self.children:
+                if msg["cmd"] != "tunnel":
+                    return protocol.error(ErrorCode.INVALID_COMMAND, "no tunnel is running")
+                from coop.actors import tunnel
 
-            pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
-                                                 "tunnel")
-            if not answer.get("ok"):
-                return answer
-            self.tunnel_pid = pid
-        try:
-            return await fdpass.ask(str(self.paths.tunnel_socket), msg, timeout=30)
-        except (OSError, asyncio.TimeoutError) as exc:
-            return protocol.error(ErrorCode.INTERNAL, f"tunnel actor did not answer: {exc}")
+                pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
+                                                     "tunnel")
+                if not answer.get("ok"):
+                    return answer
+                self.tunnel_pid = pid
+            try:
+                return await fdpass.ask(str(self.paths.tunnel_socket), msg, timeout=30)
+            except (OSError, asyncio.TimeoutError) as exc:
+                if attempt == 2 or msg["cmd"] != "tunnel":
+                    return protocol.error(ErrorCode.INTERNAL, f"tunnel actor did not answer: {exc}")
+                self.tunnel_pid = None
+        raise AssertionError("unreachable")
 
     def stop_tunnels(self) -> None:
         if self.tunnel_pid in self.children:
