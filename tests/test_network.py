@@ -131,6 +131,12 @@ SCENARIO = textwrap.dedent("""
     async def experiment(report, sandbox, loopback_port):
         events = report["events"] = []
         handle = await network.start_veth(sandbox.proc.pid, events.append)
+        slirp = f"/proc/{handle.process.pid}"
+        report["slirp_in_session_userns"] = \
+            os.readlink(f"{slirp}/ns/user") == os.readlink(f"/proc/{sandbox.proc.pid}/ns/user")
+        report["slirp_caps"] = [line.split()[1] for line in open(f"{slirp}/status")
+                                if line.startswith("CapEff")][0]
+        report["slirp_root"] = sorted(os.listdir(f"{slirp}/root"))
         report["routes"] = open(f"/proc/{sandbox.proc.pid}/net/route").read()
         report["before_lock"] = sandbox.probes(loopback_port)
         report["lock"] = sandbox.ask("lock")
@@ -200,6 +206,11 @@ def unprivileged_user():
 
 
 def check_report(report: dict) -> None:
+    # slirp4netns runs in the session's user namespace, sandboxed: an empty
+    # root but /etc and /run, no capability but CAP_NET_BIND_SERVICE.
+    assert report["slirp_in_session_userns"]
+    assert report["slirp_caps"] == f"{1 << 10:016x}"
+    assert report["slirp_root"] == ["etc", "run"]
     # slirp4netns configured the link in SUBNET with the default route via GATEWAY.
     assert "tap0\t00000000\t020012C6" in report["routes"]
     before, after = report["before_lock"], report["after_lock"]
@@ -262,15 +273,50 @@ def test_missing_slirp4netns_is_a_clear_launch_error(tmp_path, monkeypatch):
     assert str(raised.value) == network.MISSING_TOOL
 
 
-def test_slirp4netns_failure_is_a_one_line_launch_error():
+def test_a_session_that_is_gone_is_a_one_line_launch_error():
     import asyncio
-    # A pid with no process: slirp4netns cannot open its namespaces and exits.
     dead = subprocess.Popen(["true"])
     dead.wait()
     with pytest.raises(LaunchError) as raised:
         asyncio.run(network.start_veth(dead.pid, lambda event: None))
-    assert str(raised.value).startswith("slirp4netns failed configuring the session network:")
-    assert "\n" not in str(raised.value)
+    assert str(raised.value) == ("cannot start slirp4netns: the session's user namespace: "
+                                 "No such file or directory")
+
+
+def test_slirp4netns_failure_is_a_one_line_launch_error():
+    # The "session" has a user namespace of its own but the outer network
+    # namespace, which that user namespace does not own: slirp4netns cannot
+    # enter it and exits before configuring anything.
+    script = textwrap.dedent("""
+        import asyncio, subprocess
+        from coop.launcher import LaunchError
+        from coop.sandbox import network
+        async def main():
+            sandbox = subprocess.Popen(["unshare", "-U", "--map-root-user", "sh", "-c",
+                                        "echo ready; exec sleep 60"], stdout=subprocess.PIPE)
+            try:
+                assert sandbox.stdout.readline() == b"ready\\n"
+                await network.start_veth(sandbox.pid, print)
+            except LaunchError as exc:
+                print(exc)
+            finally:
+                sandbox.kill()
+                sandbox.wait()
+        asyncio.run(main())
+    """)
+    done = subprocess.run(["unshare", "-Urn", sys.executable, "-c", script], capture_output=True,
+                          text=True, timeout=30, check=False,
+                          env={**os.environ, "PYTHONPATH": REPO})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ("slirp4netns failed configuring the session network: "
+                           "setns(CLONE_NEWNET): Operation not permitted\n")
+
+
+def test_the_failure_cause_is_the_telling_line_of_slirp4netns_stderr():
+    assert network.failure_cause("sent tapfd=5 for tap0\nWARNING: Support for seccomp is "
+                                 "experimental\nsetegid(0)\nparent failed\n") == "setegid(0)"
+    assert network.failure_cause("child failed(1)\n") == "child failed(1)"
+    assert network.failure_cause("") == "no message"
 
 
 def test_slirp4netns_dying_is_reported():

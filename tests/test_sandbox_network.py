@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import socket
 
-import pytest
-
 from tests import sandbox_fixture
 from tests.sandbox_fixture import lines, python_in_sandbox, sh
 
@@ -30,11 +28,7 @@ def connect_argv(*targets: str) -> list[str]:
     return python_in_sandbox(CONNECT) + list(targets)
 
 
-def test_veth_blocks_private_ranges_and_host_loopback_and_the_routes_stay(box, request):
-    if box.who == "user":  # reported to network.py's owner; strict: flips once fixed
-        request.applymarker(pytest.mark.xfail(strict=True, reason=(
-            "slirp4netns --enable-sandbox fails (setegid(0), 'parent failed') when an "
-            "unprivileged user starts it outside any user namespace")))
+def test_veth_blocks_private_ranges_and_host_loopback_and_the_routes_stay(box):
     listener = socket.create_server(("127.0.0.1", 0))
     listener.settimeout(0)
     port = listener.getsockname()[1]

@@ -1,10 +1,15 @@
 """The session's way out in network mode "veth" (SB-4).
 
-A user-mode network stack (slirp4netns) runs on the host side as the invoking
-user and gives the session's network namespace a ``tap0`` link with a default
+A user-mode network stack (slirp4netns) runs in the host's network namespace
+and gives the session's network namespace a ``tap0`` link with a default
 route; it turns the session's TCP/UDP flows into ordinary host sockets, so it
-works without privileges. What the session must not reach is kept out in
-three places, because no single one holds alone:
+works without privileges. It is started inside the session's outer user
+namespace (the init's), where it is root: there ``--enable-sandbox`` can
+unshare a mount namespace, pivot into an empty root and drop its
+capabilities, which an unprivileged user outside any user namespace cannot
+(slirp4netns fails with ``setegid(0)``), and even coop running as root lends
+it no capability over the host. What the session must not reach is kept out
+in three places, because no single one holds alone:
 
 - the session's routing table gets a ``prohibit`` route for every range in
   ``PRIVATE_RANGES`` (installed by the sandbox init before any session process
@@ -29,9 +34,11 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import Callable
 
 from coop.launcher import LaunchError
+from coop.sandbox import syscalls
 
 PRIVATE_RANGES: list[str] = [
     "10.0.0.0/8",
@@ -102,27 +109,34 @@ class VethHandle:
 
 
 async def start_veth(init_pid: int, on_event: EventCallback) -> VethHandle:
-    """Attach slirp4netns to the network namespace of ``init_pid`` and wait
-    until it has configured ``tap0`` (address, default route)."""
+    """Attach slirp4netns to the network namespace of ``init_pid``, from
+    inside its user namespace, and wait until it has configured ``tap0``
+    (address, default route)."""
     tool = shutil.which("slirp4netns")
     if tool is None:
         raise LaunchError(MISSING_TOOL)
+    userns_fd, netns_fd = _open_namespaces(init_pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
     argv = [
         tool, "--configure", f"--mtu={MTU}", f"--cidr={SUBNET}", "--disable-host-loopback",
         "--enable-sandbox", "--enable-seccomp", f"--ready-fd={ready_w}", f"--exit-fd={exit_r}",
-        f"--userns-path=/proc/{init_pid}/ns/user", "--netns-type=path",
-        f"/proc/{init_pid}/ns/net", INTERFACE,
+        "--netns-type=path", f"/proc/self/fd/{netns_fd}", INTERFACE,
     ]
     try:
         process = await asyncio.create_subprocess_exec(
-            *argv, pass_fds=(ready_w, exit_r), stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    except OSError as exc:
+            *argv, pass_fds=(ready_w, exit_r, netns_fd), stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=lambda: syscalls.setns(userns_fd, syscalls.CLONE_NEWUSER, "session"))
+    except (OSError, subprocess.SubprocessError) as exc:
         for fd in (ready_r, ready_w, exit_r, exit_w):
             os.close(fd)
-        raise LaunchError(f"cannot start slirp4netns: {exc.strerror}") from None
+        reason = exc.strerror if isinstance(exc, OSError) else \
+            "cannot enter the session's user namespace"
+        raise LaunchError(f"cannot start slirp4netns: {reason}") from None
+    finally:
+        os.close(userns_fd)
+        os.close(netns_fd)
     os.close(ready_w)
     os.close(exit_r)
     handle = VethHandle(process, exit_w, on_event)
@@ -132,12 +146,36 @@ async def start_veth(init_pid: int, on_event: EventCallback) -> VethHandle:
         os.close(ready_r)
     if ready != b"1":
         await handle.close()
-        detail = (await process.stderr.read(65536)).decode(errors="replace").strip()
-        last = detail.splitlines()[-1] if detail else "no message"
+        detail = (await process.stderr.read(65536)).decode(errors="replace")
         reason = "timed out" if ready is None else "failed"
-        raise LaunchError(f"slirp4netns {reason} configuring the session network: {last}")
+        raise LaunchError(f"slirp4netns {reason} configuring the session network: "
+                          f"{failure_cause(detail)}")
     handle.drain_stderr()
     return handle
+
+
+def failure_cause(stderr: str) -> str:
+    """The line of slirp4netns's stderr that says why: its last one that is
+    neither a warning nor the generic "child failed(1)" / "parent failed"."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    telling = [line for line in lines if not line.startswith("WARNING")
+               and not line.startswith(("child failed", "parent failed"))]
+    return (telling or lines or ["no message"])[-1]
+
+
+def _open_namespaces(pid: int) -> tuple[int, int]:
+    """Descriptors of the user and network namespaces of ``pid``: held from
+    here on, they stay the session's even if ``pid`` exits and is reused."""
+    opened: list[int] = []
+    try:
+        for kind in ("user", "net"):
+            opened.append(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
+    except OSError as exc:
+        for fd in opened:
+            os.close(fd)
+        raise LaunchError(f"cannot start slirp4netns: the session's {kind} namespace: "
+                          f"{exc.strerror}") from None
+    return opened[0], opened[1]
 
 
 async def _read_byte(fd: int, timeout: float) -> bytes | None:
