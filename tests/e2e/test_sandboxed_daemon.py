@@ -124,7 +124,7 @@ def test_workspace_outside_home_is_refused(sandboxed, tmp_path):
 @pytest.fixture(scope="module")
 def user_world():
     """A real unprivileged user and a copy of coop it can read."""
-    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+    subprocess.run(["userdel", "-r", "-f", USER], check=False, capture_output=True)
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     pw = pwd.getpwnam(USER)
     src = tempfile.mkdtemp(prefix="coop-src-")
@@ -139,8 +139,8 @@ def user_world():
     try:
         yield pw, src
     finally:
-        subprocess.run(["pkill", "-KILL", "-u", USER], capture_output=True)
-        subprocess.run(["userdel", "-r", "-f", USER], capture_output=True)
+        subprocess.run(["pkill", "-KILL", "-u", USER], check=False, capture_output=True)
+        subprocess.run(["userdel", "-r", "-f", USER], check=False, capture_output=True)
         shutil.rmtree(src, ignore_errors=True)
 
 
@@ -148,31 +148,73 @@ def as_user(pw, src, *args, cwd=None, timeout=60):
     env = ["env", "-i", f"HOME={pw.pw_dir}", "PATH=/usr/bin:/bin", f"PYTHONPATH={src}",
            "COOP_IDLE_TIMEOUT=30", "LANG=C.UTF-8"]
     return subprocess.run(["runuser", "-u", USER, "--", *env, "/usr/bin/python3", "-m", "coop",
-                           *args], cwd=cwd or pw.pw_dir, capture_output=True, timeout=timeout)
+                           *args], cwd=cwd or pw.pw_dir, capture_output=True, timeout=timeout,
+                          check=False)
+
+
+def user_workspace(pw, network_mode: str) -> Path:
+    """~/proj of the user, made by the user, with a Coopfile for ``network_mode``."""
+    ws = Path(pw.pw_dir) / "proj"
+    subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", str(ws)], check=True)
+    coopfile = f'[agent]\ncommand = "sh"\n[network]\nmode = "{network_mode}"\n'
+    subprocess.run(["runuser", "-u", USER, "--", "sh", "-c", f"cat > {ws}/coop.toml"],
+                   input=coopfile.encode(), check=True)
+    return ws
 
 
 def test_unprivileged_user_session(user_world):
     pw, src = user_world
-    ws = Path(pw.pw_dir) / "proj"
-    subprocess.run(["runuser", "-u", USER, "--", "mkdir", "-p", str(ws)], check=True)
-    subprocess.run(["runuser", "-u", USER, "--", "sh", "-c",
-                    f"printf '[agent]\\ncommand = \"sh\"\\n[network]\\nmode = \"none\"\\n' "
-                    f"> {ws}/coop.toml"], check=True)
+    ws = user_workspace(pw, "none")
     try:
         res = as_user(pw, src, "-d", cwd=ws)
         assert res.returncode == 0, res.stderr.decode()
         res = as_user(pw, src, "exec", "proj", "--", "sh", "-c",
-                      "id -u; cat /proc/self/uid_map; hostname; echo hi > /workspace/f; "
-                      "touch /usr/x 2>/dev/null && echo wrote-usr || echo usr-ro")
+                      "id -u; hostname; echo hi > /workspace/f; "
+                      "touch /usr/bin/x 2>/dev/null && echo wrote-usr || echo usr-ro")
         assert res.returncode == 0, res.stderr.decode()
-        lines = res.stdout.decode().splitlines()
-        assert lines[0] == "0"
-        assert lines[1].split()[:3] == ["0", str(pw.pw_uid), "1"]
-        assert lines[2] == "proj"
-        assert lines[3] == "usr-ro"
+        assert res.stdout.decode().splitlines() == ["0", "proj", "usr-ro"]
+        # Seen from the host, the sandbox's root is the user and nobody else.
+        status = as_user(pw, src, "status", cwd=ws).stdout.decode()
+        init_pid = int(status.split("init_pid: ")[1].split()[0])
+        assert Path(f"/proc/{init_pid}/uid_map").read_text().split() == \
+            ["0", str(pw.pw_uid), "1"]
         assert (ws / "f").read_text() == "hi\n" and (ws / "f").stat().st_uid == pw.pw_uid
         sessions = json.loads(as_user(pw, src, "ls", "--json").stdout)["sessions"]
         assert [s["name"] for s in sessions] == ["proj"]
+    finally:
+        as_user(pw, src, "kill", "--all", "-f")
+        as_user(pw, src, "shutdown")
+
+
+# No packet is sent anywhere: the interface and routes are read, and the one
+# connect goes to a prohibited range, which the kernel refuses before sending.
+PROBE_NETWORK = (
+    "ip -4 -o addr show dev tap0 | awk '{print $4}'; "
+    "awk '$1 == \"tap0\" && $2 == \"00000000\" {print \"default via\", $3}' /proc/net/route; "
+    "ip route show type prohibit | grep -c .; "
+    "/usr/bin/python3 -c '"
+    "import errno, socket, time\n"
+    "s = socket.socket(); s.settimeout(5); t = time.monotonic()\n"
+    "try:\n    s.connect((\"10.0.0.1\", 80)); print(\"CONNECTED\")\n"
+    "except OSError as e:\n    print(errno.errorcode.get(e.errno, \"timeout\"), "
+    "round(time.monotonic() - t, 1))'"
+)
+
+
+def test_unprivileged_user_session_with_veth_network(user_world):
+    pw, src = user_world
+    ws = user_workspace(pw, "veth")
+    try:
+        res = as_user(pw, src, "-d", cwd=ws)
+        assert res.returncode == 0, res.stderr.decode()
+        res = as_user(pw, src, "exec", "proj", "--", "sh", "-c", PROBE_NETWORK)
+        assert res.returncode == 0, res.stderr.decode()
+        address, route, prohibited, probe = res.stdout.decode().splitlines()
+        assert address == "198.18.0.100/24"
+        assert route == "default via 020012C6"  # 198.18.0.2, little-endian hex
+        assert int(prohibited) == 5  # the private IPv4 ranges
+        verdict, seconds = probe.split()
+        assert verdict in ("EACCES", "ENETUNREACH") and float(seconds) < 1.0
     finally:
         as_user(pw, src, "kill", "--all", "-f")
         as_user(pw, src, "shutdown")
