@@ -224,14 +224,6 @@ class Api:
             stored = await asyncio.to_thread(uploads.store, workspace, filename, upload)
         except uploads.UploadError as exc:
             raise ApiError(ErrorCode.PERMISSION_DENIED, str(exc)) from None
-        inside = await asyncio.to_thread(sandbox_workdir, workspace)
+        inside = info.get("workdir") or workspace  # where the session sees its workspace
         return 201, {"ok": True, "path": f"{inside.rstrip('/')}/{uploads.UPLOAD_DIR}/{stored}",
                      "name": stored, "size": upload.tell()}
-
-
-def sandbox_workdir(workspace: str) -> str:
-    """Where the workspace appears inside the session: ``[workspace].path`` of its Coopfile."""
-    try:
-        return coopfile.load(workspace=workspace).table["workspace"]["path"]
-    except coopfile.CoopfileError:
-        return coopfile.DEFAULTS["workspace"]["path"]

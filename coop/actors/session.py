@@ -227,10 +227,11 @@ class Session:
                     self.crashes = 0  # attaching to a stopped agent starts it again
                     await self._spawn(console)
         except protocol.ProtocolError as exc:
-            await self._refuse(sock, exc.answer())
+            await self._refuse(sock, exc.answer(), msg.get("dialect"))
             return
         except LaunchError as exc:
-            await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
+            await self._refuse(sock, protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)),
+                               msg.get("dialect"))
             return
         if request.get("record"):
             console.start_recording(self.recordings)
@@ -273,11 +274,17 @@ class Session:
             client.data_received(rest)
         log(f"exec pid {child.pid}")
 
-    async def _refuse(self, sock: socket.socket, answer: dict) -> None:
+    async def _refuse(self, sock: socket.socket, answer: dict, dialect: str | None = None) -> None:
+        """Answer an error in the client's own dialect, then close."""
+        if dialect == "websocket":  # the reason travels in a close frame
+            from coop import websocket, wsclient
+
+            data = websocket.Connection().send_close(*wsclient.refusal(answer))
+        else:
+            data = protocol.encode_message(answer)
         sock.setblocking(False)
         try:
-            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(
-                sock, protocol.encode_message(answer)), 5)
+            await asyncio.wait_for(asyncio.get_running_loop().sock_sendall(sock, data), 5)
         except (OSError, asyncio.TimeoutError):
             pass
         sock.close()
@@ -324,6 +331,7 @@ class Session:
             "web_clients": clients["web"],
             "tunnel_clients": clients["tunnel"],
             "network": self.table.get("network", {}).get("mode"),
+            "workdir": self.launcher.workdir,
             "launcher": self.launcher.describe(),
         }
 
