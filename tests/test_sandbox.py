@@ -311,9 +311,12 @@ def test_arguments_over_the_frame_limit_fail_as_a_launch_error(box):
     assert lines(results[2]["stdout"]) == ["fine"]  # the sandbox is still serving
 
 
-def test_a_deep_tree_left_in_the_upper_dir_does_not_break_stop(box):
-    dig = "import os\nos.chdir('/root')\nfor _ in range(2500):\n    os.mkdir('d'); os.chdir('d')\n"
+@pytest.mark.slow
+def test_a_5000_deep_tree_left_in_the_writable_layer_is_removed_at_stop(box):
+    dig = ("import os\nos.chdir('/root')\nfor _ in range(5000):\n"
+           "    os.mkdir('d'); os.chdir('d')\nos.chmod('.', 0)\n")
     results = box.run([{"do": "exec", "argv": python_in_sandbox(dig)}, {"do": "stop"}])
     assert results[1]["code"] == 0 and "error" not in results[2], results
-    if results[2]["upper_left"]:  # coop.image.tree.remove recurses: said, not raised
-        assert any(e.startswith("cannot remove ") for e in results[2]["events"]), results
+    assert not results[2]["upper_left"], results
+    assert not any(e.startswith("cannot remove ") for e in results[2]["events"]), results
+    assert os.listdir(box.state_dir) == []  # upper/, work/ and the staging dir gone
