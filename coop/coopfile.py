@@ -398,6 +398,17 @@ def _display(path: Path, workspace: str) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
+def _anchor_image(layer: dict, directory: Path) -> None:
+    """A relative ``oci:``/``docker-archive:``/``dir:`` path means relative to the
+    file that says it, not to whatever directory the CLI or the daemon runs in."""
+    image = layer.get("base", {}).get("image", "")
+    for prefix in _LOCAL_IMAGE_PREFIXES:
+        if image.startswith(prefix) and not image[len(prefix):].startswith("/"):
+            absolute = os.path.join(os.path.abspath(directory), image[len(prefix):])
+            layer["base"]["image"] = prefix + os.path.normpath(absolute)
+            return
+
+
 def load(*, workspace: str, global_path: str | None = None, project_path: str | None = None,
          overrides: dict | None = None, host_env: Mapping[str, str] | None = None) -> Loaded:
     """CF-1 layers: defaults < global file < project file < command-line overrides."""
@@ -412,6 +423,7 @@ def load(*, workspace: str, global_path: str | None = None, project_path: str | 
         raw = _read(path, source, required=explicit is not None)
         if raw is not None:
             layer, layer_warnings = _check_layer(raw, source)
+            _anchor_image(layer, path.parent)
             checked.append((source, layer))
             sources.append(os.path.abspath(path))
             warnings += layer_warnings

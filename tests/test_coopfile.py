@@ -347,6 +347,25 @@ def test_explicit_files_replace_the_default_locations(workspace, tmp_path):
     assert agent_argv(loaded.table) == ["p", "1"]
 
 
+@pytest.mark.parametrize("image, expected", [
+    ("oci:img", "oci:{ws}/img"), ("oci:./img:3.20", "oci:{ws}/img:3.20"),
+    ("docker-archive:../a.tar", "docker-archive:{parent}/a.tar"), ("dir:root/", "dir:{ws}/root"),
+    ("dir:/srv/root", "dir:/srv/root"), ("alpine:3.20", "alpine:3.20"), ("host", "host"),
+])
+def test_relative_image_paths_are_relative_to_the_coopfile(workspace, monkeypatch, tmp_path,
+                                                           image, expected):
+    monkeypatch.chdir(tmp_path)  # never the process's cwd
+    write(workspace / "coop.toml", AGENT + f'[base]\nimage = "{image}"\n')
+    loaded = load(workspace=str(workspace), host_env={})
+    assert loaded.table["base"]["image"] == expected.format(ws=workspace, parent=tmp_path)
+
+
+def test_relative_image_path_of_an_explicit_file_is_relative_to_that_file(workspace, tmp_path):
+    other = write(tmp_path / "elsewhere" / "c.toml", AGENT + '[base]\nimage = "oci:img:v1"\n')
+    table = load(workspace=str(workspace), project_path=str(other), host_env={}).table
+    assert table["base"]["image"] == f"oci:{tmp_path}/elsewhere/img:v1"
+
+
 def test_errors_name_the_layer_the_value_came_from(workspace, tmp_path):
     global_file = write(tmp_path / "config" / "coop" / "default.toml",
                         AGENT + "[session]\nrecord = 1\n")
