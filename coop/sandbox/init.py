@@ -6,6 +6,11 @@ namespaces, maps uid 0 inside to the invoking uid, forks the init (PID 1 of
 the new PID namespace) and waits for it: it stays outside the PID namespace
 only so that the session actor has an ordinary child to reap.
 
+Build mode (``InitConfig.command``, IMG-4): the same monitor and mounts, but
+the init runs that one command and exits with its code, and the id map may
+be wider (``coop.sandbox.idmap``); a wider map is written by the launcher,
+from the parent namespace, when the monitor asks for it.
+
 The init builds the mount table, ``pivot_root``s and then runs code already in
 memory (nothing may be imported after ``pivot_root``: with an OCI rootfs the
 host's Python files are gone; hence the imports below, ``array`` included,
@@ -42,7 +47,7 @@ from dataclasses import dataclass
 
 from coop.launcher import exec_child, reset_signals, set_winsize
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
-from coop.sandbox import network, syscalls, userns
+from coop.sandbox import idmap, network, syscalls, userns
 from coop.sandbox.mounts import MountTable, Op
 from coop.sandbox.syscalls import (
     CLONE_NEWIPC,
@@ -73,6 +78,8 @@ class InitConfig:
     network: str
     uid: int
     gid: int
+    command: dict | None = None  # build mode: {"argv", "env", "cwd"} run once by the init
+    ids: idmap.IdMap | None = None  # None: root inside = uid/gid, nothing else
 
 
 # -- the monitor (host PID namespace) ----------------------------------------------
@@ -92,7 +99,11 @@ def run_monitor(cfg: InitConfig) -> None:
         if cfg.network != "host":
             flags |= CLONE_NEWNET
         userns.unshare(flags, cfg.uid)
-        _map_ids("self", cfg.uid, cfg.gid)
+        ids = cfg.ids or idmap.single(cfg.uid, cfg.gid)
+        if ids.by_parent:
+            _mapped_by_launcher(cfg.sock)
+        else:
+            _write_id_maps("self", ids)
         pid = os.fork()
         if pid == 0:
             _init_main(cfg)
@@ -115,10 +126,10 @@ def _close_all_but(keep: int) -> None:
     os.closerange(keep + 1, 1 << 30)
 
 
-def _map_ids(pid: str, uid: int, gid: int) -> None:
-    """Root inside = ``uid``/``gid`` of the parent namespace, nothing else mapped."""
-    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1\n"),
-                       ("gid_map", f"0 {gid} 1\n")):
+def _write_id_maps(pid: str, ids: idmap.IdMap) -> None:
+    files = [("setgroups", "deny")] if ids.deny_setgroups else []
+    files += [("uid_map", ids.table(ids.uids)), ("gid_map", ids.table(ids.gids))]
+    for name, text in files:
         path = f"/proc/{pid}/{name}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -128,6 +139,21 @@ def _map_ids(pid: str, uid: int, gid: int) -> None:
                 os.close(fd)
         except OSError as exc:
             raise syscalls.failure("write", path, exc.errno) from None
+
+
+def _mapped_by_launcher(sock: socket.socket) -> None:
+    """Ask the launcher (in the parent namespace) to write our id maps; wait."""
+    sock.sendall(encode_message({"t": "map"}))
+    decoder = FrameDecoder()
+    while True:
+        data = sock.recv(4096)
+        if not data:
+            raise SandboxError("the launcher went away while mapping ids")
+        for body in decoder.feed(data):
+            answer = decode_json(body)
+            if answer.get("op") != "mapped":
+                raise SandboxError(answer.get("message", "id mapping failed"))
+            return
 
 
 def _report_failure(sock: socket.socket, exc: BaseException) -> None:
@@ -150,6 +176,8 @@ def _init_main(cfg: InitConfig) -> None:
         fds = []
         if cfg.network != "host":
             _loopback_up()
+        if cfg.command is not None:
+            _run_once(cfg.command)  # never returns
         if cfg.network == "veth":
             try:
                 network.block_private_ranges_in_current_netns()
@@ -168,6 +196,27 @@ def _init_main(cfg: InitConfig) -> None:
         _report_failure(cfg.sock, exc)
         os._exit(1)
     init.serve()
+
+
+def _run_once(command: dict) -> None:
+    """Build mode: run ``command`` (stdin /dev/null, stdout/stderr inherited) and
+    exit with its code; PID 1 exiting kills whatever it left running."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            null = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(null, 0)
+            os.close(null)
+            reset_signals()
+        except OSError as exc:
+            os.write(2, f"coop: build step: /dev/null: {exc.strerror}\n".encode())
+            os._exit(127)
+        exec_child(command["argv"], command["env"], command["cwd"])
+    while True:
+        done, status = os.wait()
+        if done == pid:
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
 
 
 def _loopback_up() -> None:
@@ -365,7 +414,7 @@ class Init:
             # root's, closing uid_map to us and /proc/PID/ns to the init.
             syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
             syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS)
-            _map_ids("self", 0, 0)
+            _write_id_maps("self", idmap.single(0, 0))
         except SandboxError as exc:
             os.write(made_w, str(exc).encode()[:4000])
             raise

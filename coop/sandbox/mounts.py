@@ -67,15 +67,20 @@ class Skeleton:
 @dataclass(frozen=True)
 class Overlay:
     """Overlayfs at ``target``: ``lowers`` (top first) read-only, writes go to
-    upper/<layer> in the session's state dir."""
+    upper/<layer> in the session's state dir, or to the host directory
+    ``upper`` when given (a build step's delta over the host); the work dir
+    is always work/<layer> in the state dir."""
 
     target: str
     lowers: tuple[str, ...]
     layer: str
+    upper: str | None = None
 
 
 @dataclass(frozen=True)
 class Bind:
+    """Bind ``source`` at ``target``; ``target`` "/" makes it the (writable) new root."""
+
     target: str
     source: str
     file: bool = False
@@ -170,7 +175,15 @@ def plan(rootfs: str | None, workspace: str, workspace_path: str, persist: list[
             top = tuple(f"{d}/{name}" for d in delta if is_dir(f"{d}/{name}"))
             ops.append(Overlay("/" + name, top + ("/" + name,), name))
     ops += [File(path, content) for path, content in (files or {}).items()]
-    ops.append(Proc("/proc"))
+    ops += _kernel_mounts()
+    ops.append(Bind(workspace_path, workspace))
+    ops += [Bind(f"{HOME}/{rel}", source) for rel, source in zip(persist, persist_sources)]
+    return ops
+
+
+def _kernel_mounts() -> list[Op]:
+    """Fresh /proc, a minimal /dev and a private /tmp: the same in sessions and builds."""
+    ops: list[Op] = [Proc("/proc")]
     ops += [ReadOnly("/proc/" + name) for name in _PROC_READ_ONLY]
     ops.append(Tmpfs("/dev", 0o755, MS_NOSUID | MS_NOEXEC))
     ops += [Bind("/dev/" + name, "/dev/" + name, file=True) for name in _DEVICES]
@@ -178,9 +191,33 @@ def plan(rootfs: str | None, workspace: str, workspace_path: str, persist: list[
     ops += [Symlink("/dev/" + name, text) for name, text in _DEV_LINKS]
     ops.append(Tmpfs("/dev/shm", 0o1777))
     ops.append(Tmpfs("/tmp", 0o1777))
-    ops.append(Bind(workspace_path, workspace))
-    ops += [Bind(f"{HOME}/{rel}", source) for rel, source in zip(persist, persist_sources)]
     return ops
+
+
+def build_plan(rootfs: str, host: dict[str, str | None] | None,
+               resolv_conf: str | None) -> list[Op]:
+    """Every mount of a build step (IMG-4), in order.
+
+    Without ``host``, ``rootfs`` itself is the writable root. With ``host``
+    (``host_entries()``), ``rootfs`` is the build's delta: the upper dir of an
+    overlay over the generated top level, and ``rootfs/<dir>`` the upper dir of
+    each system dir's overlay, which is the layout ``plan`` stacks back over
+    the host at run time. /run is a tmpfs there: runtime state stays out of the
+    delta. ``resolv_conf`` is the host's, so that package managers resolve.
+    """
+    if host is None:
+        ops: list[Op] = [Bind("/", rootfs)]
+    else:
+        links = tuple((name, text) for name, text in host.items() if text is not None)
+        dirs = tuple((name, 0o755) for name, text in host.items() if text is None)
+        ops = [Skeleton(dirs + _SKELETON_DIRS, links),
+               Overlay("/", (SKELETON,), "rootfs", upper=rootfs)]
+        ops += [Overlay("/" + name, ("/" + name,), name, upper=f"{rootfs}/{name}")
+                for name, _ in dirs]
+        ops.append(Tmpfs("/run", 0o755))
+    if resolv_conf is not None:
+        ops.append(File("/etc/resolv.conf", resolv_conf))
+    return ops + _kernel_mounts()
 
 
 def host_sources(ops: list[Op]) -> list[str]:
@@ -189,6 +226,7 @@ def host_sources(ops: list[Op]) -> list[str]:
     for op in ops:
         if isinstance(op, Overlay):
             paths += [lower for lower in op.lowers if lower != SKELETON]
+            paths += [op.upper] if op.upper else []
         elif isinstance(op, Bind):
             paths.append(op.source)
     return paths
@@ -332,7 +370,8 @@ class MountTable:
     def _overlay(self, op: Overlay, stage_dir: int) -> None:
         lowers = ":".join(_fd_path(self._skel if lower == SKELETON else self._sources[lower])
                           for lower in op.lowers)
-        upper = open_beneath(self._state, "upper/" + op.layer, "dir", label="upper dir")
+        upper = os.dup(self._sources[op.upper]) if op.upper else \
+            open_beneath(self._state, "upper/" + op.layer, "dir", label="upper dir")
         work = open_beneath(self._state, "work/" + op.layer, "dir", label="work dir")
         if op.target == "/":
             target = os.open("newroot", _PATH | os.O_DIRECTORY, dir_fd=stage_dir)
@@ -357,12 +396,17 @@ class MountTable:
             self._root = os.open("newroot", _PATH | os.O_DIRECTORY, dir_fd=stage_dir)
 
     def _bind(self, op: Bind, stage_dir: int) -> None:
-        target = self._target(op.target, "file" if op.file else "dir")
+        if op.target == "/":
+            target = os.open("newroot", _PATH | os.O_DIRECTORY, dir_fd=stage_dir)
+        else:
+            target = self._target(op.target, "file" if op.file else "dir")
         try:
             mount(_fd_path(self._sources[op.source]), _fd_path(target), None,
                   MS_BIND | (0 if op.file else MS_REC), label=f"{op.source} → {op.target}")
         finally:
             os.close(target)
+        if op.target == "/":
+            self._root = os.open("newroot", _PATH | os.O_DIRECTORY, dir_fd=stage_dir)
 
     def _tmpfs(self, op: Tmpfs, stage_dir: int) -> None:
         self._fresh(op.target, "tmpfs", op.flags, f"mode={op.mode:o}")
