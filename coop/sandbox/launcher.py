@@ -381,6 +381,10 @@ class SandboxLauncher(Launcher):
             await self._network.close()
             self._network = None
         if self._limits is not None:
+            try:
+                self._limits.kill()  # anything that outlived the init in its cgroups
+            except OSError as exc:
+                self.on_event(f"limits: {exc}")
             self._limits.cleanup()
             self._limits = None
         try:
@@ -398,9 +402,8 @@ class SandboxLauncher(Launcher):
             path = os.path.join(self.spec.state_dir, name)
             try:
                 tree.remove(path)
-            except (OSError, RecursionError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "nested too deeply"
-                raise SandboxError(f"cannot remove {path}: {reason}") from None
+            except OSError as exc:
+                raise SandboxError(f"cannot remove {path}: {exc.strerror or exc}") from None
 
     def describe(self) -> dict:
         spec = self.spec
