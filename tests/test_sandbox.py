@@ -3,6 +3,7 @@ unprivileged user (created for the session, removed afterwards)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from coop.sandbox.launcher import SandboxLauncher, SandboxSpec
 from tests import sandbox_fixture
 from tests.sandbox_fixture import lines, python_in_sandbox, sh, wait_gone
 
@@ -302,6 +304,45 @@ def test_a_pids_limit_binds_the_sandbox_and_is_described(box):
     results = box.run([{"do": "describe"}, sh(spawn_many)], limits={"pids": 12})
     assert results[1]["limits"]["pids"].startswith("enforced"), results[1]
     assert int(lines(results[2]["stdout"])[-1]) <= 13, results  # 12 + the init
+
+
+def join_pids_cgroup_of(init_pid: int, pid: int) -> str:
+    """Move ``pid`` into the (v1) pids cgroup of ``init_pid``; that cgroup's path."""
+    with open(f"/proc/{init_pid}/cgroup") as f:
+        own = next(line.split(":", 2)[2].strip() for line in f if line.split(":")[1] == "pids")
+    cgroup = f"/sys/fs/cgroup/pids{own}"
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:
+        f.write(str(pid))
+    return cgroup
+
+
+def test_stop_kills_whatever_the_sessions_cgroup_still_holds():
+    """Root only (the unprivileged user gets no cgroup on this host): a host
+    process put into the session's cgroup, outside its PID namespace, so the
+    init's end does not take it along, dies at stop and the cgroup goes."""
+    box = sandbox_fixture.make_box("root", None)
+    stray = subprocess.Popen(["sleep", "60"])
+
+    async def scenario() -> str:
+        launcher = SandboxLauncher(SandboxSpec(**box.spec(limits={"pids": 50})))
+        await launcher.start()
+        try:
+            info = launcher.describe()
+            assert info["limits"]["pids"].startswith("enforced (cgroup"), info
+            cgroup = join_pids_cgroup_of(info["init_pid"], stray.pid)
+        finally:
+            await launcher.stop(0)
+        return cgroup
+
+    try:
+        cgroup = asyncio.run(scenario())
+        assert stray.wait(timeout=5) == -signal.SIGKILL
+        assert not os.path.exists(cgroup)
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+        sandbox_fixture.remove_box(box)
 
 
 def test_arguments_over_the_frame_limit_fail_as_a_launch_error(box):
