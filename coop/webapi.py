@@ -43,6 +43,10 @@ STATUS = {
 }
 
 
+TUNNEL_ANSWER = "/api/tunnel/answer"  # public: guarded by the tunnel's secret (TUN-3)
+MAX_CODE = 4096  # an answer code or a secret longer than this is not one
+
+
 def status_for(answer: dict, ok_status: int = 200) -> int:
     if answer.get("ok"):
         return ok_status
@@ -227,3 +231,14 @@ class Api:
         inside = info.get("workdir") or workspace  # where the session sees its workspace
         return 201, {"ok": True, "path": f"{inside.rstrip('/')}/{uploads.UPLOAD_DIR}/{stored}",
                      "name": stored, "size": upload.tell()}
+
+
+async def tunnel_answer(paths: Paths, request: Request) -> tuple[int, dict]:
+    """TUN-3: ``{answer, secret}`` from the connect page to the waiting tunnel whose
+    one-time secret it is; any other secret is PERMISSION_DENIED (403)."""
+    body = json_body(request)
+    code, secret = body.get("answer"), body.get("secret")
+    if not all(isinstance(v, str) and 0 < len(v) <= MAX_CODE for v in (code, secret)):
+        raise ApiError(ErrorCode.INVALID_COMMAND, "answer and secret: the codes from the connect page")
+    answer = await ask_daemon(paths, {"cmd": "tunnel_answer", "answer": code, "secret": secret})
+    return status_for(answer), answer

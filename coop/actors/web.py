@@ -44,6 +44,7 @@ WRITE_HIGH = 256 << 10
 UPLOAD_LIMIT = 32 << 20
 MAX_CONNECTIONS = 512
 UPLOAD_PATH = re.compile(r"/api/sessions/[^/]+/upload")
+CONNECT = "/connect"  # the tunnel's public connect page (TUN-3)
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -90,12 +91,14 @@ class StaticFiles:
         self.root = root
         self._cache: dict[Path, tuple[str, bytes]] = {}
 
-    def get(self, request: http.Request) -> Response:
+    def get(self, request: http.Request, url_path: str | None = None) -> Response:
+        """The file at ``url_path`` (default: the request's path)."""
         if request.method not in ("GET", "HEAD"):
             response = text_response(405, "method not allowed")
             response.headers.append(("Allow", "GET, HEAD"))
             return response
-        path = http.safe_join(self.root, "/index.html" if request.raw_path == "/" else request.raw_path)
+        url_path = url_path or request.raw_path
+        path = http.safe_join(self.root, "/index.html" if url_path == "/" else url_path)
         if path is None:
             return text_response(404, "not found")
         try:
@@ -350,6 +353,10 @@ class HttpConnection(asyncio.Protocol):
                 spool.close()
 
     async def _route(self, request: http.Request, spool) -> Response:
+        if request.raw_path == CONNECT or request.raw_path.startswith(CONNECT + "/"):
+            return self._connect_page(request)
+        if request.raw_path == webapi.TUNNEL_ANSWER:
+            return await self._tunnel_answer(request)
         auth = self.server.auth
         access = auth.access(request)
         if access is None:
@@ -363,6 +370,29 @@ class HttpConnection(asyncio.Protocol):
                                        ("Set-Cookie", auth.set_cookie(request, self.server.tls)),
                                        *http.security_headers(True)])
         return self.server.static.get(request)
+
+    def _connect_page(self, request: http.Request) -> Response:
+        """TUN-3: the tunnel's connect page is public, token or not: the page (the same
+        files as ``coop www export`` writes) under ``/connect/``, nothing else. The
+        offer stays in the URL fragment, which a redirect keeps."""
+        if request.raw_path == CONNECT:
+            return Response(308, b"", [("Location", CONNECT + "/"), *http.security_headers(True)])
+        return self.server.static.get(request, request.raw_path[len(CONNECT):])
+
+    async def _tunnel_answer(self, request: http.Request) -> Response:
+        """TUN-3: the connect page's automatic answer; no web token, the tunnel's
+        one-time secret instead (the tunnel actor checks it)."""
+        if request.method != "POST":
+            response = text_response(405, "method not allowed")
+            response.headers.append(("Allow", "POST"))
+            return response
+        if "origin" in request.headers and not same_origin(request, self.server.scheme):
+            return text_response(403, FORBIDDEN)
+        try:
+            status, answer = await webapi.tunnel_answer(self.server.paths, request)
+        except webapi.ApiError as exc:
+            status, answer = exc.status, exc.answer()
+        return json_response(status, answer)
 
     async def _api(self, request: http.Request, access: Access, spool) -> Response:
         if request.method not in ("GET", "HEAD") and "origin" in request.headers \
