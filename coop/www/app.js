@@ -1,7 +1,7 @@
 // The coop page: wires the transport, the session list, the workbench of
 // terminals, the phone key bar and the dialogs together.
 
-import {WebSocketTransport} from "./transport.js";
+import {pageTransport} from "./transport.js";
 import {h, icon} from "./dom.js";
 import {prefs, savePrefs, layoutOf, pruneLayouts} from "./prefs.js";
 import {SessionList, shortPath} from "./sessionlist.js";
@@ -19,7 +19,7 @@ const POLL_HIDDEN_MS = 6000;
 const narrowQuery = window.matchMedia("(max-width: 767.98px)");
 const $ = (id) => document.getElementById(id);
 
-const transport = new WebSocketTransport();
+const transport = await pageTransport();
 const state = {sessions: [], readOnly: false, loaded: false, locked: false, pollTimer: 0};
 
 // -- building blocks ------------------------------------------------------------

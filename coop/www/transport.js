@@ -2,8 +2,8 @@
 //
 // The UI calls listSessions, createSession, killSession, spawnShell, listDirs,
 // upload and attachPty, and never learns what carries them. WebSocketTransport
-// speaks HTTP + WebSocket to `coop serve`; a WebRTC transport for the tunnel
-// will implement the same methods and reuse PtyStream with its own channel.
+// speaks HTTP + WebSocket to `coop serve`; RtcTransport (rtc.js) speaks the
+// tunnel's DataChannels with the same methods and the same PtyStream.
 
 export class TransportError extends Error {
   /** code: the daemon's error code (SESSION_NOT_FOUND, PERMISSION_DENIED, …),
@@ -213,6 +213,13 @@ export class PtyStream {
     clearTimeout(this._retryTimer);
     clearTimeout(this._attachTimer);
   }
+}
+
+/** The page's transport: on the connect page (`/connect/` of `coop serve`, `connect[.html]`
+ *  of an export) the tunnel's, once connected; elsewhere `coop serve`'s WebSocket. */
+export async function pageTransport(url = window.location) {
+  if (/\/connect(?:\/|\.html)?$/.test(url.pathname)) return (await import("./connect.js")).connect();
+  return new WebSocketTransport();
 }
 
 /** The transport for `coop serve`: JSON over same-origin HTTP, PTYs over WebSocket. */
