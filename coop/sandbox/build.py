@@ -149,6 +149,7 @@ class _Step:
         self.on_output = on_output
         self.decoder = FrameDecoder()
         self.error: str | None = None
+        self.init_pid = 0  # host pid of the init, once it has said
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self) -> int:
@@ -183,7 +184,7 @@ class _Step:
             while self._readable():
                 pass
         except BaseException:
-            signal.pidfd_send_signal(pidfd, signal.SIGKILL)  # the init dies with it
+            self._kill(pidfd)
             raise
         finally:
             loop.remove_reader(pidfd)
@@ -193,12 +194,30 @@ class _Step:
                 os.close(out_r)
             for task in self.tasks:
                 task.cancel()
-            _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 — exited, or SIGKILLed just now
+            _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 — exited, or killed just now
             os.close(pidfd)
             parent.close()
         if self.error:
             raise SandboxError(self.error)
         return os.waitstatus_to_exitcode(status)
+
+    def _kill(self, monitor_pidfd: int) -> None:
+        """Kill the step. Killing the init empties its PID namespace before the
+        monitor (waited for next) sees it exit; killing the monitor before the
+        init is known ends the init by its PDEATHSIG."""
+        while self._readable():
+            pass  # the init's pid, if it has sent it
+        if self.init_pid:
+            try:
+                init_pidfd = os.pidfd_open(self.init_pid)
+            except ProcessLookupError:
+                return  # gone already; the monitor follows
+            try:
+                signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
+            finally:
+                os.close(init_pidfd)
+        else:
+            signal.pidfd_send_signal(monitor_pidfd, signal.SIGKILL)
 
     def _child(self, out_w: int) -> None:
         try:
@@ -245,6 +264,8 @@ class _Step:
     def _dispatch(self, msg: dict) -> None:
         if msg.get("t") == "error":
             self.error = str(msg.get("message", "the build sandbox failed"))
+        elif msg.get("t") == "ready" and isinstance(msg.get("pid"), int):
+            self.init_pid = msg["pid"]
         elif msg.get("t") == "map":
             task = asyncio.ensure_future(self._map_ids())
             self.tasks.add(task)

@@ -177,6 +177,7 @@ def _init_main(cfg: InitConfig) -> None:
         if cfg.network != "host":
             _loopback_up()
         if cfg.command is not None:
+            cfg.sock.sendall(encode_message({"t": "ready", "pid": host_pid}))
             _run_once(cfg.command)  # never returns
         if cfg.network == "veth":
             try:
