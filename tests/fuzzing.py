@@ -53,7 +53,8 @@ class Recipe:
         return options[self.pick(len(options))]
 
     def chance(self, one_in: int) -> bool:
-        return self.pick(one_in) == 0
+        """True once in ``one_in`` draws; never once the recipe is used up."""
+        return self.pick(one_in) == one_in - 1
 
     def text(self, alphabet: str = "aZ0 :/._-@\\\"\n\x00é", most: int = 12) -> str:
         return "".join(self.choice(alphabet) for _ in range(self.pick(most + 1)))
