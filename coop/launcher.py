@@ -14,8 +14,8 @@ import os
 import signal
 import struct
 import termios
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 ExitCallback = Callable[[int, int], None]  # (pid, exit code as waitstatus_to_exitcode)
 
@@ -109,7 +109,10 @@ def reset_signals() -> None:
 
 class HostLauncher(Launcher):
     """Unsandboxed launcher: forks on the host. Never reached by a user path
-    once the sandbox exists; kept for tests and as the reference behaviour."""
+    once the sandbox exists; kept for tests and as the reference behaviour.
+
+    Each child is watched through a pidfd, so its exit wakes the loop (no
+    SIGCHLD handler, no polling)."""
 
     def __init__(self, workspace: str) -> None:
         self.on_exit = lambda pid, code: None
@@ -117,33 +120,54 @@ class HostLauncher(Launcher):
         self.home = os.environ.get("HOME", "/")
         self.user = os.environ.get("USER") or str(os.getuid())
         self.shell = os.environ.get("SHELL") or "/bin/sh"
-        self._children: set[int] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._children: dict[int, int] = {}  # pid -> pidfd
+        self._none_left = asyncio.Event()
+        self._none_left.set()
 
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_signal_handler(signal.SIGCHLD, self._reap)
+    def _fork(self) -> int:
+        """fork(2) with every signal blocked until the child has its own
+        session: a signal sent in between waits (pending) instead of being
+        lost or run by a handler inherited from this process. The child
+        returns 0 and must call ``setsid`` then ``reset_signals``."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            raise
+        if pid == 0:
+            return 0
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        pidfd = os.pidfd_open(pid)
+        self._children[pid] = pidfd
+        self._none_left.clear()
+        asyncio.get_running_loop().add_reader(pidfd, self._reap, pid)
+        return pid
 
-    def _reap(self) -> None:
-        for pid in list(self._children):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                self._children.discard(pid)
-                continue
-            if done:
-                self._children.discard(pid)
-                self.on_exit(pid, os.waitstatus_to_exitcode(status))
+    def _reap(self, pid: int) -> None:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # reaped elsewhere: its code is lost
+            done, status = pid, None
+        if not done:
+            return
+        pidfd = self._children.pop(pid)
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        if not self._children:
+            self._none_left.set()
+        if status is not None:
+            self.on_exit(pid, os.waitstatus_to_exitcode(status))
 
     async def spawn(self, argv, env, cwd, cols, rows) -> PtyChild:
         master, slave = os.openpty()
         set_winsize(master, cols, rows)
-        pid = os.fork()
+        pid = self._fork()
         if pid == 0:
             try:
+                os.setsid()
                 reset_signals()
                 os.close(master)
-                os.setsid()
                 fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
                 for fd in (0, 1, 2):
                     os.dup2(slave, fd)
@@ -154,18 +178,17 @@ class HostLauncher(Launcher):
                 os._exit(127)
         os.close(slave)
         os.set_blocking(master, False)
-        self._children.add(pid)
         return PtyChild(pid=pid, master_fd=master)
 
     async def spawn_piped(self, argv, env, cwd) -> PipedChild:
         in_r, in_w = os.pipe()
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
-        pid = os.fork()
+        pid = self._fork()
         if pid == 0:
             try:
-                reset_signals()
                 os.setsid()
+                reset_signals()
                 os.dup2(in_r, 0)
                 os.dup2(out_w, 1)
                 os.dup2(err_w, 2)
@@ -176,28 +199,27 @@ class HostLauncher(Launcher):
                 os._exit(127)
         for fd in (in_r, out_w, err_w):
             os.close(fd)
-        self._children.add(pid)
         return PipedChild(pid=pid, stdin_fd=in_w, stdout_fd=out_r, stderr_fd=err_r)
 
     def signal(self, pid: int, sig: int) -> None:
-        if pid in self._children:
-            try:
-                os.killpg(pid, sig)
-            except ProcessLookupError:
-                pass
+        """``sig`` to the child's process group; to the child itself while it
+        has no group yet (blocked there until its ``setsid``)."""
+        if pid not in self._children:
+            return
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            signal.pidfd_send_signal(self._children[pid], sig)
 
     async def stop(self, grace: float) -> None:
         for pid in list(self._children):
             self.signal(pid, signal.SIGTERM)
-        deadline = asyncio.get_running_loop().time() + grace
-        while self._children and asyncio.get_running_loop().time() < deadline:
-            await asyncio.sleep(0.02)
-            self._reap()
-        for pid in list(self._children):
-            self.signal(pid, signal.SIGKILL)
-        while self._children:
-            await asyncio.sleep(0.01)
-            self._reap()
+        try:
+            await asyncio.wait_for(self._none_left.wait(), grace)
+        except TimeoutError:
+            for pid in list(self._children):
+                self.signal(pid, signal.SIGKILL)
+            await self._none_left.wait()
 
     def describe(self) -> dict:
         return {"sandbox": "none (host launcher)"}
