@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -229,6 +230,29 @@ def test_export_carries_the_connect_page(coop, tmp_path):
 # -- Chromium over the tunnel --------------------------------------------------
 
 
+# rtc.js in the page: IPC-5 frames split across DataChannel messages at every byte still
+# decode to the same frames; IPC event names become the WebSocket path's names
+FRAMES_CUT_ANYWHERE = """
+(async () => {
+  const {encodeFrame, FrameReader, browserEvent} = await import("./rtc.js");
+  const bytes = (text) => new TextEncoder().encode(text);
+  const frames = [[0, bytes("hello")], [1, bytes('{"event":"pty_exited","code":3}')], [0, bytes("")]];
+  const wire = new Uint8Array(frames.flatMap(([type, payload]) => [...encodeFrame(type, payload)]));
+  const want = JSON.stringify(frames.map(([t, p]) => [t, [...p]]));
+  const bad = [];
+  for (let cut = 0; cut <= wire.length; cut++) {
+    const reader = new FrameReader();
+    const got = [...reader.feed(wire.slice(0, cut)), ...reader.feed(wire.slice(cut))];
+    if (JSON.stringify(got.map(([t, p]) => [t, [...p]])) !== want) bad.push(cut);
+  }
+  const event = browserEvent({event: "pty_exited", ok: true, pty: 0, code: 3});
+  if (JSON.stringify(event) !== '{"type":"exited","pty":0,"code":3}') bad.push(event);
+  if (browserEvent({ok: true}) !== null) bad.push("detach answer");
+  return bad;
+})()
+"""
+
+
 @pytest.mark.slow
 def test_page_from_coop_serve_answers_by_itself_and_runs_the_ui(netns, coop, open_page):
     start_daemon(coop)
@@ -254,6 +278,7 @@ def test_page_from_coop_serve_answers_by_itself_and_runs_the_ui(netns, coop, ope
     wait_line(page, 0, r"^again-4$")
     message = js(page, "window.coopDebug.transport.upload('proj', new Blob(['x'])).catch((e) => e.message)")
     assert "not available over the tunnel" in message
+    assert js(page, FRAMES_CUT_ANYWHERE) == []
     timing = js(page, "window.coopDebug.transport.timing")
     print(f"answer -> first terminal byte in Chromium: {timing['firstByte'] - timing['answered']:.0f} ms")
     screenshot(page, "tunnel-desktop")
@@ -286,12 +311,16 @@ def test_page_from_a_static_export_shows_the_code_to_paste(netns, coop, open_pag
     use_the_page(page, coop)
     screenshot(page, "tunnel-phone")
 
-    page.goto(static_site + "/connect")  # the dashboard, opened without a fragment
+    cli.send_signal(signal.SIGINT)  # TUN-5: Ctrl+C ends the tunnel; the page says so
+    assert cli.wait(timeout=30) == 0
+    wait_js(page, "document.querySelector('#connect-status')?.textContent.includes('closed')",
+            timeout=40, what="the closed notice")
+    assert "scan the new code" in page.locator("#connect-status").text_content()
     assert socket.gethostname() in dashboard(page, coop)
+    screenshot(page, "tunnel-closed")
     page.click(f"#machine-list [aria-label='Forget {socket.gethostname()}']")
     wait_js(page, "document.querySelector('#machine-list [data-machine]') === null")
     assert "No machines yet" in page.locator("#machine-list").inner_text()
-    cli.wait(timeout=60)
 
 
 @pytest.mark.slow
