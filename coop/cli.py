@@ -103,6 +103,19 @@ def build_parser() -> Parser:
     re_.add_argument("session")
     re_.add_argument("dest")
 
+    ini = sub.add_parser("init", help="build this Coopfile's rootfs (image, packages, setup)")
+    ini.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
+                     help="project Coopfile (default <workspace>/coop.toml)")
+    ini.add_argument("--no-cache", action="store_true", help="download every layer again")
+
+    rb = sub.add_parser("rebuild", help="rebuild this Coopfile's rootfs from scratch")
+    rb.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
+                    help="project Coopfile (default <workspace>/coop.toml)")
+    rb.add_argument("--no-cache", action="store_true", help="download every layer again")
+    rb.add_argument("--prune", action="store_true",
+                    help="then remove every rootfs no running session uses")
+
+    sub.add_parser("gc", help="remove every rootfs no running session uses")
     sub.add_parser("status", help="daemon and project status")
     sub.add_parser("shutdown", help="stop the daemon (sessions keep running)")
 
@@ -349,6 +362,98 @@ class App:
             conn.request({"cmd": "kill", "session": name, "force": self.args.force})
             if not self.args.quiet:
                 print(f"killed {name}")
+        return 0
+
+    # -- rootfs (IMG-4, IMG-5, CF-5) ------------------------------------------
+
+    def project_table(self) -> dict:
+        workspace = os.path.realpath(self.args.workspace or os.getcwd())
+        if not os.path.isdir(workspace):
+            raise ClientError(f"workspace {workspace} is not a directory", 2)
+        return load_table(self.args, workspace)
+
+    def rootfs_in_use(self) -> dict[str, list[str]]:
+        """Build hash -> names of the running sessions on it (asks the daemon)."""
+        users: dict[str, list[str]] = {}
+        for s in self.connect().request({"cmd": "ls"})["sessions"]:
+            digest = (s.get("launcher") or {}).get("rootfs_hash")
+            if digest:
+                users.setdefault(digest, []).append(s["name"])
+        return users
+
+    def build(self, table: dict, *, force: bool) -> int:
+        """Build (``force``: rebuild) the rootfs with progress on stderr (CLI-4)."""
+        from coop.image.build import BuildError, ensure_rootfs, rootfs_for
+        from coop.image.error import ImageError
+
+        a = self.args
+        if not force:
+            found = rootfs_for(table, self.paths.state)
+            if found is not None:  # the warm path: no sandbox, no daemon
+                if not a.quiet:
+                    print(f"rootfs up to date ({found.hash[:12]})" if found.hash else
+                          'image = "host" with nothing to install: no build needed')
+                return 0
+        import shutil
+
+        from coop.launcher import LaunchError
+        from coop.progress_view import ProgressView
+        from coop.sandbox.build import run_step
+
+        def write(text: str) -> None:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+        tty = sys.stderr.isatty()
+        view = ProgressView(write, tty=tty, width=shutil.get_terminal_size().columns if tty else 80)
+        started = time.monotonic()
+        try:
+            built = ensure_rootfs(table, self.paths.state, no_cache=a.no_cache, force=force,
+                                  progress=(lambda event: None) if a.quiet else view,
+                                  run_step=run_step)
+        except BuildError as exc:
+            view.clear()
+            raise ClientError(str(exc), exc.exit_code or 1) from None
+        except (ImageError, LaunchError) as exc:
+            view.clear()
+            raise ClientError(str(exc), 1) from None
+        view.clear()
+        if not a.quiet:
+            print(f"rootfs {built.hash[:12]} built in {time.monotonic() - started:.1f} s")
+        return 0
+
+    def cmd_init(self) -> int:
+        return self.build(self.project_table(), force=False)
+
+    def cmd_rebuild(self) -> int:
+        from coop.coopfile import build_hash, needs_build
+
+        table = self.project_table()
+        in_use = self.rootfs_in_use()
+        if needs_build(table):
+            users = in_use.get(build_hash(table), [])
+            if users:
+                raise ClientError(f"rootfs {build_hash(table)[:12]} is in use by session "
+                                  f"{', '.join(users)}; stop it first (coop kill {users[0]})", 1)
+        code = self.build(table, force=needs_build(table))
+        if self.args.prune:  # every other rootfs no session uses
+            return self.collect(set(in_use) | {build_hash(table)})
+        return code
+
+    def cmd_gc(self) -> int:
+        return self.collect(set(self.rootfs_in_use()))
+
+    def collect(self, in_use: set[str]) -> int:
+        from coop.image.build import gc
+        from coop.image.store import RootfsStore
+
+        images = {e.hash: e.meta.get("image", "?") for e in RootfsStore(self.paths.rootfs).list()}
+        removed = gc(self.paths.state, in_use)
+        if not self.args.quiet:
+            for digest in removed:
+                print(f"removed rootfs {digest[:12]} ({images.get(digest, '?')})")
+            if not removed:
+                print("no unused rootfs")
         return 0
 
     def cmd_status(self) -> int:

@@ -55,17 +55,19 @@ class Session:
     # -- environment --------------------------------------------------------
 
     def environment(self) -> dict[str, str]:
-        """SB-5 environment; ``$NAME`` values expanded only now (CF-4)."""
+        """SB-5 environment; ``$NAME`` values expanded only now (CF-4). An image's
+        ``Env`` replaces the defaults (PATH, TERM, LANG), never coop's own variables."""
         env = {
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
             "TERM": "xterm-256color",
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            **getattr(self.launcher, "image_env", {}),  # only the sandbox's has one
             "HOME": self.launcher.home,
             "USER": self.launcher.user,
             "COOP_SESSION": self.name,
             "COOP_WORKSPACE": self.workspace,
             "COOP_CREATED": str(self.created),
             "IS_SANDBOX": "1",
-            "LANG": os.environ.get("LANG", "C.UTF-8"),
         }
         env.update(self.launcher.extra_env())
         env.update(coopfile.expand_env(self.table.get("env", {}), os.environ))

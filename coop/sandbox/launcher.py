@@ -53,6 +53,8 @@ class SandboxSpec:
     allow: list[str] = field(default_factory=list)  # proxy allowlist
     limits: dict = field(default_factory=dict)  # {"memory": bytes, "pids": n, "cpu": cores}
     host_lower: bool = False  # rootfs is a build's delta over the host's system dirs
+    rootfs_hash: str | None = None  # the build (CF-5) whose rootfs this is; None: the host
+    image_env: dict[str, str] = field(default_factory=dict)  # the image config's Env
 
     def check(self) -> None:
         """Reject what the mount table cannot express, with one line each."""
@@ -81,6 +83,7 @@ class SandboxLauncher(Launcher):
         self.user = "root"
         self.workdir = spec.workspace_path
         self.shell = self._pick_shell()
+        self.image_env = dict(spec.image_env)
         self._sock: socket.socket | None = None
         self._decoder = FrameDecoder()
         self._fds: list[int] = []  # received, not yet claimed by a message
@@ -412,6 +415,7 @@ class SandboxLauncher(Launcher):
         info = {
             "sandbox": "namespaces: " + ", ".join(namespaces),
             "rootfs": spec.rootfs + (" (over the host's system dirs)" if spec.host_lower else ""),
+            "rootfs_hash": spec.rootfs_hash,
             "workspace": f"{spec.workspace} → {spec.workspace_path}",
             "network": spec.network,
             "uid_map": f"root inside = uid {os.geteuid()} outside",
@@ -457,6 +461,8 @@ def launcher_for_session(paths, name: str, workspace: str, table: dict,
         name=name,
         rootfs="host" if built.path is None else str(built.path),
         host_lower=built.host_lower and built.path is not None,
+        rootfs_hash=built.hash,
+        image_env=dict(item.split("=", 1) for item in built.meta.get("env", [])),
         state_dir=str(paths.session_dir(name)),
         workspace=workspace,
         workspace_path=table["workspace"]["path"],
