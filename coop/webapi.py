@@ -11,9 +11,10 @@ import asyncio
 import json
 import os
 import re
+from dataclasses import dataclass
 from typing import BinaryIO
 
-from coop import coopfile, fdpass, protocol, uploads
+from coop import coopfile, fdpass, protocol, recstore, uploads
 from coop.http import Request
 from coop.paths import Paths, home
 from coop.protocol import ErrorCode, ProtocolError
@@ -28,8 +29,13 @@ ROUTES = {  # path shape → methods (HEAD is served as GET)
     ("sessions", "NAME"): ("DELETE",),
     ("sessions", "NAME", "shell"): ("POST",),
     ("sessions", "NAME", "upload"): ("POST",),
+    ("sessions", "NAME", "recordings"): ("GET",),
+    ("sessions", "NAME", "recordings", "FILE"): ("GET",),
     ("dirs",): ("GET",),
 }
+# what a read-only viewer may ask (BYD-4): the list, and recordings to watch (BYD-3)
+READ_ONLY_ROUTES = {("sessions",), ("sessions", "NAME", "recordings"),
+                    ("sessions", "NAME", "recordings", "FILE")}
 
 STATUS = {
     ErrorCode.SESSION_NOT_FOUND: 404,
@@ -54,6 +60,25 @@ def status_for(answer: dict, ok_status: int = 200) -> int:
         return STATUS.get(ErrorCode(answer.get("error")), 500)
     except ValueError:
         return 500
+
+
+@dataclass
+class Download:
+    """An answer that is a file, not JSON (a recording, BYD-3)."""
+
+    body: bytes
+    content_type: str
+    filename: str
+
+
+def route_of(segments: list[str]) -> tuple[str, ...]:
+    """The ROUTES key of a path: the session name becomes NAME, a recording's file FILE."""
+    shape = list(segments)
+    if len(shape) > 1:
+        shape[1] = "NAME"
+    if len(shape) > 3 and shape[2] == "recordings":
+        shape[3] = "FILE"
+    return tuple(shape)
 
 
 class ApiError(ProtocolError):
@@ -149,18 +174,20 @@ class Api:
         self.paths = paths
 
     async def handle(self, request: Request, segments: list[str], read_only: bool,
-                     upload: BinaryIO | None) -> tuple[int, dict]:
+                     upload: BinaryIO | None) -> tuple[int, dict | Download]:
         """(status, answer) for an authorised request to ``/api/<segments>``; a read-only
-        viewer may only list sessions (BYD-4)."""
+        viewer may only list sessions and watch recordings (BYD-4)."""
         method = "GET" if request.method == "HEAD" else request.method
-        route = tuple(segments[:1] + ["NAME"] + segments[2:] if len(segments) > 1 else segments)
+        route = route_of(segments)
         if route not in ROUTES:
             raise ApiError(ErrorCode.INVALID_COMMAND, "no such API route", 404)
         if method not in ROUTES[route]:
             raise ApiError(ErrorCode.INVALID_COMMAND, f"{request.method} is not allowed here", 405)
-        if read_only and (route, method) != (("sessions",), "GET"):
+        if read_only and not (route in READ_ONLY_ROUTES and method == "GET"):
             raise ApiError(ErrorCode.PERMISSION_DENIED, "this link is read-only")
         name = session_name(segments[1]) if len(segments) > 1 else ""
+        if route[2:3] == ("recordings",):
+            return 200, await self.recordings(name, segments[3] if len(segments) > 3 else None)
         if route == ("sessions",) and method == "GET":
             answer = await ask_daemon(self.paths, {"cmd": "ls"})
             return status_for(answer), {**answer, "read_only": read_only}
@@ -203,6 +230,18 @@ class Api:
             if info.get("name") == name:
                 return info
         raise ApiError(ErrorCode.SESSION_NOT_FOUND, f"no session {name!r}")
+
+    async def recordings(self, name: str, file: str | None) -> dict | Download:
+        """BYD-3: a session's recordings from disk (they outlive the session), or one of
+        them as asciicast v2."""
+        try:
+            if file is None:
+                found = await asyncio.to_thread(recstore.list_recordings, self.paths.state, name)
+                return {"ok": True, "recordings": found}
+            body = await asyncio.to_thread(recstore.read_recording, self.paths.state, name, file)
+        except recstore.RecordingNotFound as exc:
+            raise ApiError(ErrorCode.SESSION_NOT_FOUND, str(exc)) from None
+        return Download(body, "application/x-asciicast", file)
 
     async def shell(self, name: str, body: dict) -> tuple[int, dict]:
         await self.session(name)

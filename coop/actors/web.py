@@ -404,6 +404,11 @@ class HttpConnection(asyncio.Protocol):
                 request, segments, access is Access.READ_ONLY, spool)
         except webapi.ApiError as exc:
             status, answer = exc.status, exc.answer()
+        if isinstance(answer, webapi.Download):
+            return Response(status, answer.body, [
+                ("Content-Type", answer.content_type),
+                ("Content-Disposition", f'inline; filename="{answer.filename}"'),
+                *http.security_headers(True)])
         return json_response(status, answer)
 
     def _render(self, response: Response, request: http.Request | None = None) -> bytes:
