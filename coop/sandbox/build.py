@@ -68,19 +68,19 @@ async def run_build_step(rootfs_dir: os.PathLike | str, command: str, env: dict[
         raise SandboxError(f"{rootfs}: not a directory")
     scratch = os.path.join(os.path.dirname(rootfs), f".{os.path.basename(rootfs)}.step")
     host = mounts.host_entries() if host_lower else None
-    made = _prepare(rootfs, scratch, host)
-    resolv = _host_resolv_conf()
     missing_resolv = host is None and not os.path.lexists(rootfs + RESOLV_CONF)
-    cfg = sandbox_init.InitConfig(
-        HOSTNAME, mounts.build_plan(rootfs, host, resolv), scratch, None, "host",
-        os.geteuid(), os.getegid(),
-        command={"argv": ["/bin/sh", "-c", command], "env": dict(env), "cwd": "/"},
-        ids=build_ids())
+    made: list[str] = []  # upper dirs made here, removed again if the step left them empty
     try:
+        _prepare(rootfs, scratch, host, made)
+        cfg = sandbox_init.InitConfig(
+            HOSTNAME, mounts.build_plan(rootfs, host, _host_resolv_conf()), scratch, None,
+            "host", os.geteuid(), os.getegid(),
+            command={"argv": ["/bin/sh", "-c", command], "env": dict(env), "cwd": "/"},
+            ids=build_ids())
         return await _Step(cfg, on_output).run()
     finally:
         tree.remove(scratch)
-        for path in made:  # upper dirs the step left empty
+        for path in made:
             try:
                 os.rmdir(path)
             except OSError:
@@ -95,19 +95,17 @@ def run_step(rootfs_dir: os.PathLike | str, shell_command: str, env: dict[str, s
     return asyncio.run(run_build_step(rootfs_dir, shell_command, env, host_lower=host_lower))
 
 
-def _prepare(rootfs: str, scratch: str, host: dict | None) -> list[str]:
-    """A fresh scratch dir (work dirs, staging mount) next to the rootfs and the
-    upper dirs of the host's system dirs; return the upper dirs made here."""
+def _prepare(rootfs: str, scratch: str, host: dict | None, made: list[str]) -> None:
+    """A fresh scratch dir (work dirs, staging mount) next to the rootfs, and the
+    missing upper dirs of the host's system dirs (appended to ``made``)."""
     tree.remove(scratch)  # a killed step's
     os.mkdir(scratch, 0o700)
     os.mkdir(os.path.join(scratch, mounts.STAGE), 0o700)
-    made = []
     for name, link in (host or {}).items():
         path = os.path.join(rootfs, name)
         if link is None and not os.path.lexists(path):
             os.mkdir(path, 0o755)
             made.append(path)
-    return made
 
 
 def _host_resolv_conf() -> str | None:
@@ -149,7 +147,7 @@ class _Step:
         self.on_output = on_output
         self.decoder = FrameDecoder()
         self.error: str | None = None
-        self.init_pid = 0  # host pid of the init, once it has said
+        self.init_pidfd = -1  # the init's, once it has said its pid
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self) -> int:
@@ -196,6 +194,8 @@ class _Step:
                 task.cancel()
             _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 — exited, or killed just now
             os.close(pidfd)
+            if self.init_pidfd >= 0:
+                os.close(self.init_pidfd)
             parent.close()
         if self.error:
             raise SandboxError(self.error)
@@ -207,17 +207,11 @@ class _Step:
         init is known ends the init by its PDEATHSIG."""
         while self._readable():
             pass  # the init's pid, if it has sent it
-        if self.init_pid:
-            try:
-                init_pidfd = os.pidfd_open(self.init_pid)
-            except ProcessLookupError:
-                return  # gone already; the monitor follows
-            try:
-                signal.pidfd_send_signal(init_pidfd, signal.SIGKILL)
-            finally:
-                os.close(init_pidfd)
-        else:
-            signal.pidfd_send_signal(monitor_pidfd, signal.SIGKILL)
+        try:
+            signal.pidfd_send_signal(self.init_pidfd if self.init_pidfd >= 0 else monitor_pidfd,
+                                     signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # exited already
 
     def _child(self, out_w: int) -> None:
         try:
@@ -264,8 +258,11 @@ class _Step:
     def _dispatch(self, msg: dict) -> None:
         if msg.get("t") == "error":
             self.error = str(msg.get("message", "the build sandbox failed"))
-        elif msg.get("t") == "ready" and isinstance(msg.get("pid"), int):
-            self.init_pid = msg["pid"]
+        elif msg.get("t") == "ready" and isinstance(msg.get("pid"), int) and self.init_pidfd < 0:
+            try:  # at once, while the monitor cannot have reaped it
+                self.init_pidfd = os.pidfd_open(msg["pid"])
+            except ProcessLookupError:
+                pass
         elif msg.get("t") == "map":
             task = asyncio.ensure_future(self._map_ids())
             self.tasks.add(task)
