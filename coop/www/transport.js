@@ -1,7 +1,8 @@
 // WEB-6: the one interface between the page and a coop daemon.
 //
 // The UI calls listSessions, createSession, killSession, spawnShell, listDirs,
-// upload and attachPty, and never learns what carries them. WebSocketTransport
+// upload, attachPty, listRecordings and fetchRecording, and never learns what
+// carries them. WebSocketTransport
 // speaks HTTP + WebSocket to `coop serve`; RtcTransport (rtc.js) speaks the
 // tunnel's DataChannels with the same methods and the same PtyStream.
 
@@ -258,6 +259,27 @@ export class WebSocketTransport {
   upload(name, file) {
     const query = new URLSearchParams({filename: file.name || "upload"});
     return this._request("POST", `/api/sessions/${encodeURIComponent(name)}/upload?${query}`, file);
+  }
+
+  /** A session's recordings, also after it ended (BYD-3) → [{name, pty, size, started, duration}] */
+  async listRecordings(name) {
+    const answer = await this._request("GET", `/api/sessions/${encodeURIComponent(name)}/recordings`);
+    return answer.recordings || [];
+  }
+
+  /** One recording's asciicast v2 text. */
+  async fetchRecording(name, file) {
+    const path = `/api/sessions/${encodeURIComponent(name)}/recordings/${encodeURIComponent(file)}`;
+    let response;
+    try {
+      response = await fetch(new URL(path, this.base), {credentials: "same-origin"});
+    } catch {
+      throw new TransportError("NETWORK", "The coop server cannot be reached.");
+    }
+    if (response.ok) return response.text();
+    const answer = await response.json().catch(() => null);
+    throw new TransportError(answer?.error || "INTERNAL", answer?.message || `Server answered ${response.status}.`,
+      response.status);
   }
 
   /** A PtyStream for one PTY; reconnects and resumes on its own. */
