@@ -2,9 +2,9 @@
 //
 // The UI calls listSessions, createSession, killSession, spawnShell, listDirs,
 // upload, attachPty, listRecordings and fetchRecording, and never learns what
-// carries them. WebSocketTransport
-// speaks HTTP + WebSocket to `coop serve`; RtcTransport (rtc.js) speaks the
-// tunnel's DataChannels with the same methods and the same PtyStream.
+// carries them. WebSocketTransport speaks HTTP + WebSocket to `coop serve`;
+// RtcTransport (rtc.js) speaks the tunnel's DataChannels with the same methods
+// and the same PtyStream.
 
 export class TransportError extends Error {
   /** code: the daemon's error code (SESSION_NOT_FOUND, PERMISSION_DENIED, …),
