@@ -16,13 +16,12 @@ import pytest
 
 from tests import sandbox_driver
 
-USER = "coop-sbtest"
+USER = f"coop-sb{os.getpid()}"  # per run: test runs in parallel never share it
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON = "/usr/bin/python3"  # the user cannot reach root's pyenv interpreter
 
 
 def create_user() -> pwd.struct_passwd:
-    subprocess.run(["userdel", "-r", "-f", USER], capture_output=True, check=False)  # a killed run's
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     return pwd.getpwnam(USER)
 

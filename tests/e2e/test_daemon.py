@@ -183,8 +183,8 @@ def test_foreign_owned_file_at_socket_path_is_refused(coop):
 
 @pytest.fixture(scope="module")
 def other_user():
-    name = "coop-ipctest"
-    subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], capture_output=True)
+    name = f"coop-ipc{os.getpid()}"  # per run: test runs in parallel never share it
+    subprocess.run(["useradd", "-M", "-s", "/bin/sh", name], capture_output=True, check=True)
     try:
         yield name
     finally:

@@ -15,7 +15,7 @@ import pytest
 from tests.daemon import REPO, Coop, wait_for
 
 SECRET = "s3cr3t-value-4b1e9c"
-USER = "coop-e2e"
+USER = f"coop-e2e{os.getpid()}"  # per run: test runs in parallel never share it
 
 
 def exec_out(c: Coop, session: str, script: str) -> str:
@@ -124,7 +124,6 @@ def test_workspace_outside_home_is_refused(sandboxed, tmp_path):
 @pytest.fixture(scope="module")
 def user_world():
     """A real unprivileged user and a copy of coop it can read."""
-    subprocess.run(["userdel", "-r", "-f", USER], check=False, capture_output=True)
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     pw = pwd.getpwnam(USER)
     src = tempfile.mkdtemp(prefix="coop-src-")
