@@ -6,9 +6,10 @@ network namespace made for the run (root needed; nothing leaves the machine).
     python3 bench/tunnel.py [--keys 300] [--mib 8]
 
 Prints: answer → control channel open and → first terminal byte (p50 of a few
-tunnels), keystroke echo p50/p99 over the DataChannel and over `coop serve`'s
-WebSocket in the same run, echo while another PTY floods the same tunnel, and
-output throughput over both paths.
+tunnels; the latter also in headless Chromium on the connect page), keystroke
+echo p50/p99 over the DataChannel and over `coop serve`'s WebSocket in the same
+run, echo while another PTY floods the same tunnel, and output throughput over
+both paths.
 """
 
 from __future__ import annotations
@@ -114,6 +115,40 @@ async def connect_tunnel(coop: Coop) -> tuple[IpcClient, BrowserPeer, dict]:
     return ipc, peer, info
 
 
+async def browser_first_bytes(ipc: IpcClient, port: int, count: int) -> tuple[list[float], list[float]]:
+    """The connect page in headless Chromium, served by ``coop serve``: answer ready in
+    the page -> first terminal byte in the page (the automatic answer post, ICE, DTLS,
+    SCTP, ``ls``, attach), as the page's RtcTransport stamps them; also answer ready ->
+    control channel open."""
+    from playwright.async_api import async_playwright
+
+    from tests.browser.harness import CHROMIUM, CHROMIUM_ARGS
+
+    opens, firsts = [], []
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for _ in range(count):
+                info = await ipc.ask({"cmd": "tunnel", "no_stun": True,
+                                      "connect_url": f"http://127.0.0.1:{port}"})
+                context = await browser.new_context()
+                page = await context.new_page()
+                await page.goto(info["url"])
+                deadline = time.monotonic() + 30
+                probe = "window.coopDebug?.transport.timing.firstByte ? window.coopDebug.transport.timing : null"
+                while (timing := await page.evaluate(probe)) is None:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("no terminal byte in Chromium within 30 s")
+                    await asyncio.sleep(0.01)
+                opens.append((timing["connected"] - timing["answered"]) / 1000)
+                firsts.append((timing["firstByte"] - timing["answered"]) / 1000)
+                await context.close()
+                await ipc.ask({"cmd": "tunnel_close", "tunnel": info["tunnel"]})
+        finally:
+            await browser.close()
+    return opens, firsts
+
+
 async def main(args) -> None:
     with tempfile.TemporaryDirectory(prefix="coop-bench-tunnel-") as tmp, private_network():
         coop = Coop(Path(tmp))
@@ -197,6 +232,14 @@ async def measure(coop: Coop, args) -> None:
     await peer.request({"cmd": "kill", "session": "bench", "force": True})
     if ws is not None:
         ws.close()
+        coop.ok("-d", "-n", "chromium", cwd=coop.workspace("chromium"))
+        try:  # last: Chromium's tunnels linger in the tunnel actor for a while
+            opens, firsts = await browser_first_bytes(ipc, args.port, args.tunnels)
+            print(f"Chromium: answer -> control channel open: p50 {ms(statistics.median(opens))}; "
+                  f"-> first terminal byte: p50 {ms(statistics.median(firsts))} "
+                  f"(connect page from coop serve, automatic answer)")
+        except (ImportError, OSError, RuntimeError) as exc:
+            print(f"Chromium path unavailable: {exc}")
     await peer.close()
     ipc.close()
     web.close()
