@@ -1,9 +1,10 @@
 """BYD-2: busy/waiting detection from output bytes, with an injected clock."""
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from coop.attention import BUSY, WAITING, Attention
+from tests.fuzzing import fuzz
 
 
 class Clock:
@@ -74,7 +75,7 @@ def test_escape_only_output_does_not_wake():
     assert a.state == WAITING
 
 
-@settings(max_examples=1500, derandomize=True, deadline=None)
+@fuzz(1500)
 @given(st.lists(st.sampled_from([b"a", b"\x1b", b"[", b"]", b"9;", b"\x07", b"\r", b"\n",
                                   b"? ", b"\x1b\\", b"2K", b"m", b"\xe2\x9d\xaf "]),
                 max_size=40),

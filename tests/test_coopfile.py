@@ -14,6 +14,7 @@ from coop.coopfile import (
     DEFAULTS, CoopfileError, agent_argv, build_hash, check_image, expand_env, load,
     needs_build, parse_size, validate,
 )
+from tests.fuzzing import fuzz
 
 AGENT = '[agent]\ncommand = "claude"\n'
 
@@ -509,7 +510,7 @@ nearly_valid = st.fixed_dictionaries({}, optional={
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, derandomize=True, deadline=None)
+@fuzz(2000)
 @given(st.one_of(junk, shaped, nearly_valid))
 def test_validate_on_junk_only_raises_coopfile_error(table):
     try:
@@ -528,8 +529,7 @@ toml_ish = st.lists(st.sampled_from(
 
 
 @pytest.mark.slow
-@settings(max_examples=2000, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(fuzz(2000), suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.binary(max_size=200) | toml_ish)
 def test_load_on_random_bytes_only_raises_coopfile_error(workspace, data):
     (workspace / "coop.toml").write_bytes(data)

@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 import qrcode
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coop.envelope import (
@@ -21,6 +21,7 @@ from coop.envelope import (
     encode_answer,
     encode_offer,
 )
+from tests.fuzzing import fuzz
 
 FP = bytes(range(32))
 
@@ -325,8 +326,7 @@ def check_decoders(code: str) -> None:
 
 
 @pytest.mark.slow
-@settings(max_examples=10_000, derandomize=True, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@fuzz()
 @given(st.one_of(st.text(max_size=300), mutated_arrays(), json_values.map(pack),
                  st.binary(max_size=300).map(lambda b: base64.urlsafe_b64encode(b).decode())))
 def test_decoders_never_fail_but_with_envelope_error(code):
@@ -334,7 +334,7 @@ def test_decoders_never_fail_but_with_envelope_error(code):
 
 
 @pytest.mark.slow
-@settings(max_examples=2_000, derandomize=True, deadline=None)
+@fuzz(2_000)
 @given(st.text(max_size=2000))
 def test_sdp_parser_never_fails_but_with_envelope_error(sdp):
     try:

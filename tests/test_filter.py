@@ -2,10 +2,11 @@
 
 import re
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from coop.filter import BLOCK_NOTICE, CTRL_C_NOTICE, InputFilter
+from tests.fuzzing import fuzz
 
 COMMANDS = (b"exit", b"/exit", b"quit")
 ENTERS = b"\r\n"
@@ -156,7 +157,7 @@ def assert_nothing_else_lost(data: bytes, forwarded: bytes, blocked, suppressed:
     assert len(forwarded) + sum(map(len, blocked)) + suppressed == len(data)
 
 
-@settings(max_examples=10_000, derandomize=True, deadline=None, database=None)
+@fuzz()
 @given(st.text(KEYSTROKES + "|", max_size=40), st.integers(0, 2 ** len(EXTRAS) - 1))
 def test_any_chunking_matches_the_model(script, mask):
     extras = pick(EXTRAS, mask)
@@ -168,7 +169,7 @@ def test_any_chunking_matches_the_model(script, mask):
     assert_nothing_else_lost(data, *got)
 
 
-@settings(max_examples=4_000, derandomize=True, deadline=None, database=None)
+@fuzz(4_000)
 @given(
     st.text(KEYSTROKES + "|~", max_size=40),
     st.integers(0, 2 ** (len(EXTRAS) + len(CTRL_C_EXTRAS)) - 1),

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from coop.http import (
@@ -21,6 +21,7 @@ from coop.http import (
     safe_join,
     security_headers,
 )
+from tests.fuzzing import fuzz
 
 GET = b"GET /index.html HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
@@ -333,12 +334,7 @@ VALID = [
     request("GET /ws HTTP/1.1\nHost: h\nUpgrade: websocket\nConnection: Upgrade\n\n"),
     request("GET / HTTP/1.0\nConnection: keep-alive\n\n"),
 ]
-FUZZ = settings(
-    max_examples=10_000,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz()
 
 
 def check_events(events: list) -> None:

@@ -4,11 +4,12 @@ import json
 import struct
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from coop import protocol
 from coop.protocol import ErrorCode, FrameDecoder, FrameType, ProtocolError
+from tests.fuzzing import fuzz
 
 
 def test_message_roundtrip_any_chunking():
@@ -84,7 +85,7 @@ def test_encode_data_splits_at_limit():
     assert [protocol.split_stream_frame(f)[1] for f in frames] == [b"aaaa", b"aaaa", b"aa"]
 
 
-@settings(max_examples=10000, derandomize=True, deadline=None)
+@fuzz()
 @given(st.binary(max_size=64), st.integers(1, 16))
 def test_fuzz_decoder_only_protocol_errors(data, step):
     """IPC-6: any bytes give frames or a ProtocolError, nothing else."""
@@ -101,7 +102,7 @@ def test_fuzz_decoder_only_protocol_errors(data, step):
         assert exc.code == ErrorCode.MESSAGE_TOO_LARGE
 
 
-@settings(max_examples=2000, derandomize=True, deadline=None)
+@fuzz(2000)
 @given(st.dictionaries(st.sampled_from(["cmd", "session", "pty", "argv", "cols", "force"]),
                        st.one_of(st.none(), st.booleans(), st.integers(), st.text(max_size=5),
                                  st.lists(st.text(max_size=3), max_size=3),

@@ -1,10 +1,11 @@
 """PTY-3, BYD-1: scrollback ring, offsets, resume and safe replay cut points."""
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from coop.scrollback import LINE_SEARCH_BYTES, Scrollback
+from tests.fuzzing import fuzz
 
 FINAL_BYTES = {
     "escape": range(0x30, 0x7F),
@@ -108,7 +109,7 @@ sizes = st.lists(st.integers(1, 40), min_size=1, max_size=6)
 
 
 @pytest.mark.parametrize("alphabet", ALPHABETS, ids=["lines", "no-newlines"])
-@settings(max_examples=3000, derandomize=True, deadline=None, database=None)
+@fuzz(3000)
 @given(script=st.data(), cut_every=sizes, capacity=st.integers(1, 200), probe=st.integers(0, 1000))
 def test_ring_keeps_offsets_bounds_and_safe_replay(alphabet, script, cut_every, capacity, probe):
     chunks = chunks_of(script.draw(st.text(alphabet, max_size=60)), cut_every)

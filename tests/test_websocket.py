@@ -8,7 +8,7 @@ import socket
 import struct
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coop.http import Headers, Request, RequestParser
@@ -30,6 +30,7 @@ from coop.websocket import (
     handshake_response,
     valid_close_code,
 )
+from tests.fuzzing import fuzz
 from tests.ws_echo import running
 
 MASK = b"\x37\xfa\x21\x3d"
@@ -389,12 +390,7 @@ def test_client_to_server_full_conversation():
 
 # -- fuzzing ---------------------------------------------------------------------------
 
-FUZZ = settings(
-    max_examples=10_000,
-    derandomize=True,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-)
+FUZZ = fuzz()
 OPCODES = [0, 1, 2, 0, 8, 9, 10, 1]
 
 
