@@ -10,9 +10,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coop.image.auth import parse_challenge
-from coop.image.manifest import (DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST,
-                                 ManifestError, Platform, image_env, load_config, media_type_of,
-                                 parse_index, parse_manifest, select_platform)
+from coop.image.manifest import (
+    DOCKER_LIST,
+    DOCKER_MANIFEST,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    ManifestError,
+    Platform,
+    image_env,
+    load_config,
+    media_type_of,
+    parse_index,
+    parse_manifest,
+    select_platform,
+)
 from coop.image.reference import parse, parse_source
 from tests.fuzzing import Recipe, fuzz
 
