@@ -91,17 +91,21 @@ def _last_time(fd: int, size: int) -> float:
 
 
 def _summary(fd: int, st: os.stat_result, file: str) -> dict | None:
-    """The listing entry of one file; None when it is not an asciicast v2 recording."""
-    first = os.pread(fd, _HEAD_MAX, 0).split(b"\n", 1)[0]
+    """The listing entry of one file; None when it is not an asciicast v2 recording. A
+    file still empty (the Recorder writes in bursts) is listed with its name's time."""
+    pty, started, _part = file.split("-", 2)
+    entry = {"name": file, "pty": int(pty), "size": st.st_size, "started": int(started),
+             "width": None, "height": None, "duration": 0.0}
+    if st.st_size == 0:
+        return entry
     try:
-        header = json.loads(first)
+        header = json.loads(os.pread(fd, _HEAD_MAX, 0).split(b"\n", 1)[0])
     except ValueError:
         return None
     if not isinstance(header, dict) or header.get("version") != 2:
         return None
-    return {"name": file, "pty": int(file.split("-", 1)[0]), "size": st.st_size,
-            "started": header.get("timestamp"), "width": header.get("width"),
-            "height": header.get("height"), "duration": _last_time(fd, st.st_size)}
+    return {**entry, "width": header.get("width"), "height": header.get("height"),
+            "duration": _last_time(fd, st.st_size)}
 
 
 def list_recordings(state: Path, name: str) -> list[dict]:
@@ -124,7 +128,7 @@ def list_recordings(state: Path, name: str) -> list[dict]:
                 entries.append(entry)
     finally:
         os.close(dir_fd)
-    entries.sort(key=lambda e: (e["started"] or 0, e["name"]))
+    entries.sort(key=lambda e: (e["started"], e["name"]))
     return entries
 
 

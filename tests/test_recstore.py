@@ -104,3 +104,13 @@ def test_planted_links_and_fifos_lead_nowhere(state, tmp_path_factory):
             recstore.list_recordings(state, session)
         with pytest.raises(recstore.RecordingNotFound):
             recstore.read_recording(state, session, "0-1-001.cast")
+
+
+def test_a_recording_not_yet_flushed_is_listed_with_its_name_time(state):
+    rec = state / "sessions/proj/rec"
+    rec.mkdir()
+    (rec / "2-1700000500-000.cast").write_bytes(b"")
+    (rec / "3-1700000600-000.cast").write_bytes(b"garbage\n")
+    assert recstore.list_recordings(state, "proj") == [
+        {"name": "2-1700000500-000.cast", "pty": 2, "size": 0, "started": 1700000500,
+         "width": None, "height": None, "duration": 0.0}]

@@ -1,7 +1,7 @@
 // The coop page: wires the transport, the session list, the workbench of
 // terminals, the phone key bar and the dialogs together.
 
-import {pageTransport} from "./transport.js";
+import {pageTransport, TransportError} from "./transport.js";
 import {h, icon} from "./dom.js";
 import {prefs, savePrefs, layoutOf, pruneLayouts} from "./prefs.js";
 import {SessionList, shortPath} from "./sessionlist.js";
@@ -9,6 +9,7 @@ import {Workbench} from "./workbench.js";
 import {KeyBar} from "./keybar.js";
 import {ComposeBox} from "./compose.js";
 import {Attention} from "./attention.js";
+import {Player} from "./player.js";
 import {wireUploads} from "./upload.js";
 import {notify, dismiss} from "./notices.js";
 import {confirmDialog, createSessionDialog, helpDialog} from "./dialogs.js";
@@ -24,7 +25,8 @@ const state = {sessions: [], readOnly: false, loaded: false, locked: false, poll
 
 // -- building blocks ------------------------------------------------------------
 
-const sessionList = new SessionList($("session-list"), {onOpen: openSession, onKill: killSession});
+const sessionList = new SessionList($("session-list"), {onOpen: openSession, onKill: killSession,
+  onRecordings: openRecordings});
 
 const bench = new Workbench({
   tabs: $("tabs"),
@@ -58,7 +60,15 @@ const compose = new ComposeBox($("keybar"), {
   },
 });
 
-const attention = new Attention({onOpen: openSession});
+let player = null; // the recording player, while open (BYD-3)
+
+const attention = new Attention({
+  onOpen: (name, pty) => {
+    openSession(name);
+    if (prefs.current === name) bench.select(pty);
+  },
+  isShown: (name, pty) => !player && bench.session?.name === name && bench.panes.has(pty),
+});
 
 wireUploads({panes: $("panes"), picker: $("file-input"), paneAt: (el) => bench.paneAt(el), onFiles: uploadFiles});
 
@@ -141,6 +151,7 @@ function renderHeader() {
 
 function openSession(name) {
   if (!state.sessions.some((s) => s.name === name)) return;
+  player?.close();
   prefs.current = name;
   render();
   closeDrawer();
@@ -164,6 +175,34 @@ async function newSession() {
   prefs.current = created.session;
   await refresh();
   bench.active?.view.focus();
+}
+
+// -- recordings (BYD-3) -------------------------------------------------------------
+
+async function openRecordings(name) {
+  let recordings;
+  try {
+    if (!transport.listRecordings) throw new TransportError("UNSUPPORTED", "Recordings are not available over the tunnel.");
+    recordings = await transport.listRecordings(name);
+  } catch (err) {
+    notify(err.message, {kind: "error", key: "recordings"});
+    return;
+  }
+  if (!recordings.length) {
+    notify(`${name} has no recordings: set record = true under [session] in its coop.toml.`, {key: "recordings"});
+    return;
+  }
+  player?.close();
+  player = new Player({
+    session: name, recordings, theme: prefs.theme,
+    fetch: (file) => transport.fetchRecording(name, file),
+    covers: [$("panes"), $("keybar"), $("tabs")],
+    onClose: () => {
+      player = null;
+      bench.active?.view.focus();
+    },
+  });
+  closeDrawer();
 }
 
 async function killSession(name) {
@@ -262,6 +301,7 @@ function applyTheme() {
   toggle.setAttribute("aria-label", `Switch to ${next} theme`);
   toggle.title = toggle.getAttribute("aria-label");
   bench.setTheme(prefs.theme);
+  player?.setTheme(prefs.theme);
 }
 
 function toggleTheme() {
@@ -275,6 +315,7 @@ async function toggleNotify() {
   savePrefs();
   renderNotify();
   if (prefs.notify) notify("You will be notified when an agent waits for input.", {kind: "ok"});
+  else if (attention.denied) notify("Notifications are blocked for this page in the browser's site settings.", {kind: "warn"});
 }
 
 function renderNotify() {
@@ -427,6 +468,16 @@ window.coopDebug = {
   stats: (pty) => bench.panes.get(pty)?.stream?.stats ?? null,
   drop: (pty) => bench.panes.get(pty)?.stream?.drop(),
   refresh,
+  // BYD-2: notifications made (headless browsers show none), and a click on one
+  get notifications() {
+    return attention.shown.map(({title, session, pty}) => ({title, session, pty}));
+  },
+  clickNotification: (i) => attention.shown[i]?.note.dispatchEvent(new Event("click")),
+  // BYD-3: the recording player, while open
+  get player() {
+    return player && {state: player.state, speed: player.speed, size: player.size, timing: player.timing,
+      lines: player.lines()};
+  },
 };
 
 start();

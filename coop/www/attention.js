@@ -1,13 +1,22 @@
 // BYD-2 on the page: sessions whose agent waits for input are counted in the
 // title and, when allowed, announced with a browser notification.
+//
+// Only agents are announced (as the on_attention hook does): an idle shell at
+// its prompt is "waiting" too, and a notice for every shell would be noise. The
+// list polling and the "attention" events of open terminals (which refresh the
+// list at once) both end up in update().
 
 const BASE_TITLE = "coop";
+const KEEP_SHOWN = 50;
 
 export class Attention {
-  /** onOpen(name) when the user clicks a notification. */
-  constructor({onOpen}) {
+  /** onOpen(name, pty) when the user clicks a notification; isShown(name, pty) → whether
+   *  that terminal is on screen (then it needs no notification). */
+  constructor({onOpen, isShown}) {
     this.onOpen = onOpen;
-    this._waiting = null; // names waiting at the last update (null before the first)
+    this.isShown = isShown;
+    this.shown = []; // every notification made: {title, session, pty, note} (tests, debugging)
+    this._waiting = null; // "name/pty" keys of agents waiting at the last update (null before the first)
   }
 
   get supported() {
@@ -18,6 +27,11 @@ export class Attention {
     return this.supported && Notification.permission === "granted";
   }
 
+  get denied() {
+    return this.supported && Notification.permission === "denied";
+  }
+
+  /** Ask the browser once, from a user gesture; true when notifications may be shown. */
   async request() {
     if (!this.supported) return false;
     return (await Notification.requestPermission()) === "granted";
@@ -25,25 +39,30 @@ export class Attention {
 
   /** sessions: the API list; current: the open session; notify: the user's choice. */
   update(sessions, current, notify) {
-    const waiting = new Set(sessions.filter((s) => s.state === "waiting").map((s) => s.name));
-    const prefix = waiting.size ? `(${waiting.size}) ` : "";
+    const agents = sessions.filter((s) => s.state === "waiting").map((s) =>
+      ({name: s.name, pty: (s.ptys.find((p) => p.role === "agent") || {id: 0}).id}));
+    const prefix = agents.length ? `(${agents.length}) ` : "";
     document.title = `${prefix}${current ? `${current} · ` : ""}${BASE_TITLE}`;
+    const waiting = new Set(agents.map(({name, pty}) => `${name}/${pty}`));
     if (this._waiting && notify && this.permitted) {
-      for (const name of waiting) {
-        if (!this._waiting.has(name) && (document.hidden || name !== current)) this._announce(name);
+      const watched = !document.hidden && document.hasFocus();
+      for (const {name, pty} of agents) {
+        if (!this._waiting.has(`${name}/${pty}`) && !(watched && this.isShown(name, pty))) this._announce(name, pty);
       }
     }
     this._waiting = waiting;
   }
 
-  _announce(name) {
-    const note = new Notification(`${name} is waiting for input`, {
+  _announce(name, pty) {
+    const title = `${name} is waiting for input`;
+    const note = new Notification(title, {
       body: "The agent stopped and looks like it wants an answer.", tag: `coop-${name}`,
     });
     note.onclick = () => {
       window.focus();
-      this.onOpen(name);
+      this.onOpen(name, pty);
       note.close();
     };
+    this.shown = [...this.shown.slice(1 - KEEP_SHOWN), {title, session: name, pty, note}];
   }
 }

@@ -1,5 +1,6 @@
-// The session list (WEB-5): state, clients, the "waiting" badge (BYD-2) and
-// a kill button per session. Rebuilt only when what it shows changed.
+// The session list (WEB-5): state, clients, the "waiting" badge (BYD-2), a
+// recordings button (BYD-3) and a kill button per session. Rebuilt only when
+// what it shows changed.
 
 import {h, iconButton} from "./dom.js";
 
@@ -23,11 +24,12 @@ function clientText(s) {
 }
 
 export class SessionList {
-  /** onOpen(name), onKill(name) */
-  constructor(list, {onOpen, onKill}) {
+  /** onOpen(name), onKill(name), onRecordings(name) */
+  constructor(list, {onOpen, onKill, onRecordings}) {
     this.list = list;
     this.onOpen = onOpen;
     this.onKill = onKill;
+    this.onRecordings = onRecordings;
     this._signature = "";
   }
 
@@ -61,7 +63,15 @@ export class SessionList {
         h("span", {class: "visually-hidden"}, `${STATE_TEXT[state] || state}, `),
         state !== "running" && state !== "waiting" ? `${STATE_TEXT[state]} · ` : "",
         shells ? `${shells} shell${shells > 1 ? "s" : ""} · ` : "", clientText(s))),
+      this._recordingsButton(s.name),
       readOnly ? null : this._killButton(s.name));
+  }
+
+  _recordingsButton(name) {
+    const button = iconButton("eye", `Recordings of ${name}`, () => this.onRecordings(name),
+      {cls: "btn-ghost session-recordings"});
+    button.dataset.role = "recordings";
+    return button;
   }
 
   _killButton(name) {
