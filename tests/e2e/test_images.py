@@ -263,3 +263,27 @@ def test_unprivileged_user_builds_and_runs_an_image(user_world):
     res = as_user(pw, src, "gc")
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode().startswith(f"removed rootfs {entry.name[:12]}")
+
+
+@pytest.mark.slow
+def test_debian_rootfs_gets_an_apt_package_through_the_sandbox(c):
+    """IMG-4 on a real distribution: apt reaches its mirror with the host's DNS and
+    dpkg runs as root over files of several owners."""
+    from tests.test_image_debian import apt_mirror
+
+    mirror, suite = apt_mirror()
+    base = c.root / "debian"
+    started = time.monotonic()
+    subprocess.run(["debootstrap", "--variant=minbase", suite, str(base), mirror], check=True,
+                   capture_output=True, timeout=1200)
+    ws = c.workspace("deb", f'[agent]\ncommand = "bash"\n[base]\nimage = "dir:{base}"\n'
+                            '[packages]\napt = ["hello"]\n[network]\nmode = "none"\n')
+    bootstrapped = time.monotonic()
+    res = c.run("init", cwd=ws, timeout=1200)
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+    print(f"\ndebootstrap {bootstrapped - started:.0f} s, coop init (copy + apt in the "
+          f"sandbox) {time.monotonic() - bootstrapped:.0f} s")
+    assert "[1/1] apt-get install hello" in res.stderr.decode()
+    c.ok("-d", cwd=ws)
+    assert exec_out(c, "deb", "hello") == "Hello, world!\n"
+    assert not (base / "usr" / "bin" / "hello").exists()  # the dir: source is never changed
