@@ -26,13 +26,7 @@ export function connect() {
   document.documentElement.dataset.theme = prefs.theme;
   return new Promise((resolve) => {
     let busy = false;
-    const screen = new ConnectScreen({
-      connect: (code) => attempt(code),
-      forget: (machineId) => {
-        forgetMachine(machineId);
-        screen.machines(knownMachines());
-      },
-    });
+    const screen = dashboard((code) => attempt(code));
     async function attempt(code) {
       if (busy) return;
       busy = true;
@@ -50,10 +44,22 @@ export function connect() {
     const fragment = window.location.hash.slice(1);
     // the offer is single-use: a reload shows the dashboard instead of a stale offer
     history.replaceState(null, "", window.location.pathname + window.location.search);
-    screen.machines(knownMachines());
     if (fragment) attempt(fragment);
     else screen.status("Run `coop tunnel` on a computer and scan its code (or paste its link below).");
   });
+}
+
+/** A connect screen listing the known machines; connect(code) takes a pasted link. */
+function dashboard(connect) {
+  const screen = new ConnectScreen({
+    connect,
+    forget: (machineId) => {
+      forgetMachine(machineId);
+      screen.machines(knownMachines());
+    },
+  });
+  screen.machines(knownMachines());
+  return screen;
 }
 
 async function answerOffer(code, screen) {
@@ -151,18 +157,11 @@ function keepSeen(pc, control, {machineId, hostname}) {
     over = true;
     clearInterval(timer);
     seen();
-    const screen = new ConnectScreen({
-      connect: (code) => {
-        window.location.hash = code.slice(code.lastIndexOf("#") + 1);
-        window.location.reload();
-      },
-      forget: (id) => {
-        forgetMachine(id);
-        screen.machines(knownMachines());
-      },
+    const screen = dashboard((code) => {
+      window.location.hash = code.slice(code.lastIndexOf("#") + 1);
+      window.location.reload();
     });
     screen.status(`The tunnel to ${hostname} closed. Run \`coop tunnel\` there and scan the new code.`, "error");
-    screen.machines(knownMachines());
   };
   control.addEventListener("close", end);
   pc.addEventListener("connectionstatechange", () => ["failed", "closed"].includes(pc.connectionState) && end());
