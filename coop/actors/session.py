@@ -464,37 +464,44 @@ async def run(paths: Paths, name: str, workspace: str, table: dict, created: int
     except LaunchError as exc:
         log(f"failed to start: {exc}")
         ready(protocol.error(ErrorCode.SANDBOX_FAILED, str(exc)))
-        _remove_session_files(paths, name)
+        remove_session_files(paths, name)
         return
     except Exception as exc:
         log(f"failed to start: {exc!r}")
         ready(protocol.error(ErrorCode.INTERNAL, f"session failed to start: {exc}"))
-        _remove_session_files(paths, name)
+        remove_session_files(paths, name)
         return
     loop.add_signal_handler(signal.SIGTERM, lambda: asyncio.ensure_future(session.kill(False)))
     log(f"created (workspace {workspace})")
     ready(protocol.ok(session=name, pid=os.getpid()))
     await ActorServer(session, sock).serve()
     sock.close()
-    _remove_session_files(paths, name)
+    remove_session_files(paths, name)
 
 
-def _remove_session_files(paths: Paths, name: str) -> None:
-    """Remove the session directory except what must outlive it (persist)."""
+def remove_session_files(paths: Paths, name: str) -> None:
+    """Remove the session directory except what must outlive it (persist, rec); the
+    actor socket goes first, so a socket left behind means the actor died unclean.
+    The supervisor may run this for a dead actor at the same time: nothing missing is an error."""
     d = paths.session_dir(name)
     try:
         os.unlink(paths.actor_socket(name))
     except FileNotFoundError:
         pass
-    if not d.is_dir():
+    try:
+        entries = list(os.scandir(d))
+    except (FileNotFoundError, NotADirectoryError):
         return
-    for entry in os.scandir(d):
+    for entry in entries:
         if entry.name in ("persist", "rec"):  # kept across sessions (SB-2, BYD-3)
             continue
         if entry.is_dir(follow_symlinks=False):
             shutil.rmtree(entry.path, ignore_errors=True)
         else:
-            os.unlink(entry.path)
+            try:
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                pass
     try:
         d.rmdir()
     except OSError:

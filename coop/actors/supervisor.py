@@ -133,6 +133,9 @@ class Supervisor:
                 continue
             try:
                 answer = await fdpass.ask(str(sock_path), {"cmd": "info"}, timeout=3)
+            except ConnectionRefusedError:
+                self._bury(entry.name)
+                continue
             except (OSError, asyncio.TimeoutError):
                 log(f"removing stale actor socket of {entry.name}")
                 try:
@@ -211,6 +214,18 @@ class Supervisor:
                     config = self.web["config"]
                     self.web = None
                     asyncio.ensure_future(self._start_web(config))
+                for name, entry in list(self.sessions.items()):
+                    if entry["pid"] == pid and os.path.lexists(self.paths.actor_socket(name)):
+                        self._bury(name)
+
+    def _bury(self, name: str) -> None:
+        """A session actor died without cleaning up (SIGKILL, crash): the session is
+        over (DMN-9); remove what it left in the state dir, keeping persist and rec."""
+        from coop.actors.session import remove_session_files
+
+        self.sessions.pop(name, None)
+        remove_session_files(self.paths, name)
+        log(f"session {name}: its actor died; removed its files")
 
     async def _client(self, conn: socket.socket) -> None:
         """One client connection in command mode (IPC-2, IPC-3, IPC-4, IPC-6)."""
@@ -312,6 +327,9 @@ class Supervisor:
     async def _ask(self, name: str, msg: dict, fds=(), timeout: float = ACTOR_TIMEOUT) -> dict:
         try:
             return await fdpass.ask(str(self.paths.actor_socket(name)), msg, list(fds), timeout)
+        except ConnectionRefusedError:  # a socket nobody listens on: the actor died
+            self._bury(name)
+            raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
         except (OSError, asyncio.TimeoutError):
             self.sessions.pop(name, None)
             raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
