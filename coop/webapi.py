@@ -138,6 +138,26 @@ def under_home(path: str) -> str:
     return os.path.realpath(os.path.join(base, path))
 
 
+def create_request(workspace, name) -> dict:
+    """The IPC ``create`` for a browser's or a phone's request, like ``coop -d`` run
+    in that workspace (its Coopfile layers apply); paths are under the home."""
+    if not isinstance(workspace, str) or not workspace:
+        raise ApiError(ErrorCode.INVALID_COMMAND, "workspace: a directory path is required")
+    if name is not None and not isinstance(name, str):
+        raise ApiError(ErrorCode.INVALID_COMMAND, "name must be a string")
+    path = under_home(workspace)
+    if not os.path.isdir(path):
+        raise ApiError(ErrorCode.INVALID_COMMAND, f"workspace {path} is not a directory")
+    try:
+        table = coopfile.load(workspace=path).table
+    except coopfile.CoopfileError as exc:
+        raise ApiError(ErrorCode.INVALID_COOPFILE, str(exc)) from None
+    msg = {"cmd": "create", "workspace": path, "coopfile": table, "detach": True}
+    if name:
+        msg["name"] = name
+    return msg
+
+
 def list_dirs(path: str | None) -> dict:
     """WEB-5 directory browser: subdirectories under the user's home only, symlinks
     resolved and checked, hidden ones last."""
@@ -205,21 +225,7 @@ class Api:
         return 200, await asyncio.to_thread(list_dirs, request.query.get("path"))
 
     async def create(self, body: dict) -> tuple[int, dict]:
-        workspace, name = body.get("workspace"), body.get("name")
-        if not isinstance(workspace, str) or not workspace:
-            raise ApiError(ErrorCode.INVALID_COMMAND, "workspace: a directory path is required")
-        if name is not None and not isinstance(name, str):
-            raise ApiError(ErrorCode.INVALID_COMMAND, "name must be a string")
-        path = under_home(workspace)
-        if not os.path.isdir(path):
-            raise ApiError(ErrorCode.INVALID_COMMAND, f"workspace {path} is not a directory")
-        try:
-            table = coopfile.load(workspace=path).table
-        except coopfile.CoopfileError as exc:
-            raise ApiError(ErrorCode.INVALID_COOPFILE, str(exc)) from None
-        msg = {"cmd": "create", "workspace": path, "coopfile": table, "detach": True}
-        if name:
-            msg["name"] = name
+        msg = await asyncio.to_thread(create_request, body.get("workspace"), body.get("name"))
         answer = await ask_daemon(self.paths, msg, timeout=CREATE_TIMEOUT)
         return status_for(answer, 201), answer
 

@@ -44,7 +44,7 @@ import struct
 import time
 from collections import deque
 
-from coop import coopfile, envelope, fdpass, protocol
+from coop import envelope, fdpass, protocol
 from coop.actors.supervisor import NAME_RE, SocketPathError, check_socket_path
 from coop.log import log, set_actor
 from coop.machine import machine_id
@@ -210,16 +210,10 @@ class Tunnel:
             {"cmd": "kill", "session": msg["session"], "force": bool(msg.get("force"))})
 
     async def _cmd_create(self, msg: dict, ident) -> dict:
-        """Like ``coop -d`` in that workspace: its Coopfile layers apply."""
-        workspace = os.path.realpath(msg["workspace"])
-        try:
-            table = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: coopfile.load(workspace=workspace).table)
-        except coopfile.CoopfileError as exc:
-            return protocol.error(ErrorCode.INVALID_COOPFILE, str(exc))
-        request = {"cmd": "create", "workspace": workspace, "coopfile": table, "detach": True}
-        if msg.get("name") is not None:
-            request["name"] = msg["name"]
+        """Like the web API's create: paths under the home, the Coopfile applies."""
+        from coop.webapi import create_request
+
+        request = await asyncio.to_thread(create_request, msg["workspace"], msg.get("name"))
         return await self.actor.ask_supervisor(request, timeout=120)
 
     async def _cmd_shell(self, msg: dict, ident) -> dict:
