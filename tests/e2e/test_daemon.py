@@ -336,7 +336,7 @@ def test_stalled_client_does_not_slow_others_and_gets_lag(coop):
     total = 40 << 20
     fast.send_data(f"head -c {total} /dev/zero | tr '\\0' x; echo; echo DONE-$((1+1))\n".encode())
     t0 = time.monotonic()
-    received = 0
+    received = own_drops = 0
     buf = b""
     while b"DONE-2" not in buf[-64:]:
         p = fast.recv_payload()
@@ -345,9 +345,14 @@ def test_stalled_client_does_not_slow_others_and_gets_lag(coop):
         if kind == FrameType.DATA:
             received += len(body)
             buf = (buf + body)[-64:]
+        elif json.loads(body).get("event") == "lag":  # only if this reader itself fell behind
+            own_drops += json.loads(body)["dropped"]
     elapsed = time.monotonic() - t0
-    assert received >= total
-    print(f"fast client: {received / elapsed / 2**20:.1f} MiB/s with a stalled peer")
+    # a stalled peer that blocked the PTY would have stopped this stream after
+    # the peer's queue filled (4 MiB); instead every byte came or was our own drop
+    assert received + own_drops >= total and received >= total // 2
+    print(f"fast client: {received / elapsed / 2**20:.1f} MiB/s with a stalled peer, "
+          f"{own_drops} bytes of its own lag")
     # the stalled client, once it reads, finds a lag event and a replay
     stalled.sock.settimeout(10)
     ev = stalled.read_event("lag")
