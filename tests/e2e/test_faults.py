@@ -22,7 +22,8 @@ import pytest
 
 from tests.daemon import Coop, pid_alive, wait_for
 from tests.e2e.test_daemon import RawClient, attach_raw
-from tests.webclient import Web, serve, web_actor_pid
+from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
+from tests.webclient import Web, children, serve, web_actor_pid
 
 SANDBOX_BODY = '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n[limits]\npids = 64\n'
 
@@ -280,3 +281,71 @@ def test_a_dead_actor_found_by_a_later_supervisor_is_cleaned_up(coop):
     assert not (coop.state / "sessions" / two).exists()
     assert f"session {two}: its actor died" in coop.log()
     assert_nothing_left(coop, [])
+
+
+def aiortc_missing() -> str | None:
+    try:
+        import aiortc  # noqa: F401 - only whether it loads
+    except ImportError as exc:
+        return f"the tunnel actor cannot start without aiortc: {exc}"
+    return None
+
+
+async def tunnel_peer(c: Coop) -> tuple[IpcClient, BrowserPeer]:
+    """A tunnel through the daemon's tunnel actor and a connected browser-like peer."""
+    ipc = await IpcClient.connect(c.socket)
+    info = await ipc.ask({"cmd": "tunnel", "no_stun": True})
+    assert info["ok"], info
+    peer = BrowserPeer()
+    answer = await ipc.ask({"cmd": "tunnel_answer", "tunnel": info["tunnel"],
+                            "answer": await peer.answer(info["envelope"])})
+    assert answer["ok"], answer
+    await asyncio.wait_for(peer.control_open.wait(), 15)
+    return ipc, peer
+
+
+def tunnel_actor_pid(c: Coop, known: set[int]) -> int:
+    """The supervisor's one child that is no session actor and no ``known`` actor."""
+    others = children(c.daemon_pid()) - {s["pid"] for s in c.ls()} - known
+    assert len(others) == 1, others
+    return others.pop()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="the tunnel peers need a network namespace (root)")
+@pytest.mark.skipif(aiortc_missing() is not None, reason=str(aiortc_missing()))
+def test_sigkill_of_the_tunnel_actor_spares_sessions_and_a_new_tunnel_works(tmp_path):
+    with private_network():  # aioice gathers no loopback candidates
+        c = Coop(tmp_path)
+        try:
+            (one,) = names(1)
+            start_sessions(c, [one])
+            web = Web(c, serve(c))
+            web_pid = track(c, web_actor_pid(c))
+            local = attach_raw(c, one)
+
+            async def scenario():
+                ipc, peer = await tunnel_peer(c)
+                stream = await peer.attach(one)
+                stream.send(b"echo tunnel-$((6*7))\r")
+                await stream.read_until(b"tunnel-42")
+                old = track(c, tunnel_actor_pid(c, {web_pid}))
+                os.kill(old, signal.SIGKILL)
+                wait_for(lambda: not pid_alive(old), what="the tunnel actor to die")
+                echo(local, "local")
+                wait_for(lambda: c.session(one)["tunnel_clients"] == 0, what="the relay to drop")
+                assert web.api("GET", "/api/sessions")[0] == 200
+                await peer.close()
+                ipc.close()
+                ipc, peer = await tunnel_peer(c)  # a new tunnel actor on the same socket
+                assert track(c, tunnel_actor_pid(c, {web_pid})) != old
+                stream = await peer.attach(one)
+                stream.send(b"echo again-$((6*7))\r")
+                await stream.read_until(b"again-42")
+                await peer.close()
+                ipc.close()
+
+            run(scenario(), timeout=120)
+            assert_nothing_left(c, [one], web.port)
+        finally:
+            c.cleanup()
