@@ -65,6 +65,7 @@ class Console:
         self._on_attention = on_attention
         self._attention_timer: asyncio.TimerHandle | None = None
         self.recorder: Recorder | None = None  # BYD-3
+        self._rec_flush: asyncio.TimerHandle | None = None
 
     # -- process ------------------------------------------------------------
 
@@ -123,6 +124,8 @@ class Console:
         self.scrollback.append(data)
         if self.recorder:
             self.recorder.output(data)
+            if self._rec_flush is None:  # what was recorded is on disk within a second
+                self._rec_flush = self._loop.call_later(1.0, self._flush_recording)
         changed = self.attention.feed(data)
         if changed:
             self._on_attention(self, changed)
@@ -150,7 +153,15 @@ class Console:
         if self.recorder is None:
             self.recorder = Recorder(directory, self.id, *self.size)
 
+    def _flush_recording(self) -> None:
+        self._rec_flush = None
+        if self.recorder:
+            self.recorder.flush()
+
     def stop_recording(self) -> None:
+        if self._rec_flush:
+            self._rec_flush.cancel()
+            self._rec_flush = None
         if self.recorder:
             self.recorder.close()
             self.recorder = None

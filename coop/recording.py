@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Callable
 
 DEFAULT_CAP = 64 << 20
-FLUSH_EVERY = 1.0  # seconds
 
 
 class Recorder:
@@ -55,10 +54,11 @@ class Recorder:
             except FileExistsError:
                 self._part += 1
         self._file = os.fdopen(fd, "w", encoding="utf-8", buffering=1 << 16)
-        self._started = self._flushed = self.clock()
+        self._started = self.clock()
         header = {"version": 2, "width": self.size[0], "height": self.size[1],
                   "timestamp": int(self.wallclock()), "env": {"TERM": self.term}}
         self._write(json.dumps(header))
+        self._file.flush()  # a new recording is a valid (empty) cast at once
 
     def _write(self, line: str) -> None:
         self._file.write(line + "\n")
@@ -70,11 +70,8 @@ class Recorder:
             self._part += 1
             self._written = 0
             self._open()
-        now = self.clock()
-        self._write(json.dumps([round(now - self._started, 6), code, data], ensure_ascii=False))
-        if now - self._flushed > FLUSH_EVERY:  # a crash loses at most this much
-            self._file.flush()
-            self._flushed = now
+        t = round(self.clock() - self._started, 6)
+        self._write(json.dumps([t, code, data], ensure_ascii=False))
 
     def output(self, data: bytes) -> None:
         text = self._decoder.decode(data)

@@ -440,7 +440,8 @@ def test_upload_chunked_and_plain_land_in_the_workspace(web, tmp_path):
     auth = ["-H", f"Authorization: Bearer {web.token}"]
     res = curl(*auth, "-H", "Transfer-Encoding: chunked", "--data-binary", f"@{src}", url)
     answer = json.loads(res.stdout)
-    assert answer == {"ok": True, "path": "/workspace/.coop-uploads/shot.png", "name": "shot.png",
+    inside = web.coop.session("proj")["workdir"]  # where the session sees its workspace
+    assert answer == {"ok": True, "path": f"{inside}/.coop-uploads/shot.png", "name": "shot.png",
                       "size": len(data)}
     uploads = web.coop.home / "proj" / ".coop-uploads"
     assert (uploads / "shot.png").read_bytes() == data
