@@ -109,6 +109,14 @@ export class RtcTransport {
     throw new TransportError("UNSUPPORTED", "Folders cannot be browsed over the tunnel: type the workspace's full path.");
   }
 
+  async listRecordings() {
+    throw new TransportError("UNSUPPORTED", "Recordings are not available over the tunnel.");
+  }
+
+  async fetchRecording() {
+    throw new TransportError("UNSUPPORTED", "Recordings are not available over the tunnel.");
+  }
+
   async upload() {
     throw new TransportError("UNSUPPORTED", "Uploads are not available over the tunnel: use `coop serve` on the LAN for them.");
   }
