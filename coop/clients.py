@@ -251,7 +251,7 @@ class ExecClient(asyncio.Protocol):
                     self._write_stdin(body)
                 elif kind == FrameType.CONTROL and json.loads(body).get("type") == "eof":
                     self._close_stdin()
-        except (protocol.ProtocolError, ValueError, AttributeError):
+        except (protocol.ProtocolError, ValueError, AttributeError, RecursionError):
             self.transport.close()
 
     def _write_stdin(self, data: bytes) -> None:

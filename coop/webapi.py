@@ -123,7 +123,7 @@ def json_body(request: Request) -> dict:
         return {}
     try:
         body = json.loads(request.body)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # SEC-4: nesting deeper than the C parser goes
         raise ApiError(ErrorCode.INVALID_COMMAND, f"malformed JSON body: {exc}") from None
     if not isinstance(body, dict):
         raise ApiError(ErrorCode.INVALID_COMMAND, "the body must be a JSON object")

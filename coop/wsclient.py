@@ -44,7 +44,7 @@ def browser_control(text: str) -> dict | None:
         return None
     try:
         msg = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # SEC-4: too deeply nested is not a control either
         return None
     return msg if isinstance(msg, dict) and msg.get("type") == "resize" else None
 

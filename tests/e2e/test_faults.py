@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from coop import protocol
+from coop.protocol import FrameType
 from tests.daemon import Coop, pid_alive, wait_for
 from tests.e2e.test_daemon import RawClient, attach_raw
 from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
@@ -349,3 +351,43 @@ def test_sigkill_of_the_tunnel_actor_spares_sessions_and_a_new_tunnel_works(tmp_
             assert_nothing_left(c, [one], web.port)
         finally:
             c.cleanup()
+
+
+# -- hostile input (SEC-4, IPC-6) ------------------------------------------------
+
+DEEP = "[" * 5000  # deeper than Python's JSON parser recurses
+
+
+@pytest.mark.slow
+def test_deeply_nested_json_everywhere_gets_an_error_not_a_crash(coop):
+    (one,) = names(1)
+    start_sessions(coop, [one])
+    web = Web(coop, serve(coop))
+    web_pid = track(coop, web_actor_pid(coop))
+    actor = coop.session(one)["pid"]
+    watcher = attach_raw(coop, one)
+
+    cl = RawClient(coop.socket)
+    cl.sock.sendall(len(DEEP).to_bytes(4, "big") + DEEP.encode())
+    assert cl.recv()["ok"] is False  # a structured error, then that connection ends
+
+    status, _, body = web.request("POST", "/api/sessions", ('{"name": ' + DEEP).encode(),
+                                  {"Content-Type": "application/json"})
+    assert status == 400 and b"malformed JSON body" in body
+
+    hostile = attach_raw(coop, one)  # a control frame nobody can parse ends that client only
+    hostile.sock.sendall(protocol.encode_frame(FrameType.CONTROL, DEEP.encode()))
+    wait_for(hostile.closed, what="the hostile stream client to be closed")
+
+    async def scenario():
+        term = await web.term(one)
+        await term.send('{"type": "resize", "x": ' + DEEP)  # not a control: typed text
+        await term.send(b"\x03")  # the shell drops that unfinished line
+        await web_echo(term, "web-still")
+        await term.close()
+
+    run(scenario())
+    echo(watcher, "still")
+    assert pid_alive(actor) and web_actor_pid(coop) == web_pid
+    assert "exited unexpectedly" not in coop.log()
+    assert_nothing_left(coop, [one], web.port)
