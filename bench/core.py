@@ -41,7 +41,7 @@ def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
     """Read the terminal until marker; returns bytes read."""
     total, tail = 0, b""
     deadline = time.monotonic() + timeout
-    while marker not in tail:
+    while True:
         if time.monotonic() > deadline:
             raise TimeoutError(f"no {marker!r}")
         r, _, _ = select.select([term.master], [], [], 1)
@@ -50,8 +50,10 @@ def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
             if not data:
                 raise EOFError("terminal closed")
             total += len(data)
-            tail = (tail + data)[-64:]
-    return total
+            window = tail + data
+            if marker in window:  # tmux may follow it with a screenful of redraw
+                return total
+            tail = window[-len(marker):]
 
 
 def timed_stream(term: PtyProc, mib: int) -> float:
@@ -125,19 +127,40 @@ def pss_kib(pid: int) -> int:
     return -1
 
 
+def coop_stream(c: Coop, args, name: str, extra: str = "") -> dict:
+    """Throughput and echo through `coop attach` on a PTY, like a user's terminal."""
+    ws = c.workspace(name, f'[agent]\ncommand = "sh"\nargs = ["-c", {json.dumps(producer(args.mib))}]\n'
+                           f'[network]\nmode = "none"\n[session]\n{extra}')
+    c.ok("-d", cwd=ws)
+    term = c.spawn_pty("attach", name, cwd=ws)
+    try:
+        rate = timed_stream(term, args.mib)
+        p50, p99 = echo_latency(term, args.keys)
+    finally:
+        term.close()
+    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99}
+
+
+def attention_cost(mib: int = 64) -> float:
+    """Seconds per MiB that attention tracking adds to a PTY's output path."""
+    from coop.attention import Attention
+
+    chunk = (b"x" * 99 + b"\n") * 655
+    a = Attention()
+    t0 = time.perf_counter()
+    for _ in range((mib << 20) // len(chunk)):
+        a.feed(chunk)
+    return (time.perf_counter() - t0) / mib
+
+
 def coop(args, tmp, sandboxed: bool) -> dict:
     c = Coop(Path(tmp) / ("sb" if sandboxed else "host"), sandboxed=sandboxed)
     out: dict = {}
     try:
-        ws = c.workspace("bench", f'[agent]\ncommand = "sh"\nargs = ["-c", {json.dumps(producer(args.mib))}]\n'
-                                  '[network]\nmode = "none"\n')
-        c.ok("-d", cwd=ws)
-        term = c.spawn_pty("attach", "bench", cwd=ws)
-        try:
-            out["MiB/s"] = timed_stream(term, args.mib)
-            out["echo p50 ms"], out["echo p99 ms"] = echo_latency(term, args.keys)
-        finally:
-            term.close()
+        out.update(coop_stream(c, args, "bench"))
+        if args.record:
+            rec = coop_stream(c, args, "benchrec", "record = true\n")
+            out["recording MiB/s"] = rec["MiB/s"]
         ls = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -160,8 +183,11 @@ def coop(args, tmp, sandboxed: bool) -> dict:
         starts.sort()
         out["create→agent p50 ms (incl. CLI)"] = statistics.median(starts)
         out["create→agent p95 ms (incl. CLI)"] = starts[int(len(starts) * 0.95) - 1]
+        ws3 = c.workspace("idle", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
+        c.ok("-d", cwd=ws3)
+        wait_for(lambda: c.session("idle")["state"] == "running", timeout=10)
         out["supervisor PSS KiB"] = pss_kib(c.daemon_pid())
-        out["idle actor PSS KiB"] = pss_kib(c.session("bench")["pid"])
+        out["idle actor PSS KiB"] = pss_kib(c.session("idle")["pid"])
     finally:
         c.cleanup()
     return out
@@ -173,6 +199,8 @@ def main() -> None:
     ap.add_argument("--keys", type=int, default=500)
     ap.add_argument("--starts", type=int, default=20)
     ap.add_argument("--sandboxed", action="store_true", help="coop sessions in the real sandbox")
+    ap.add_argument("--record", action="store_true",
+                    help="also measure throughput with asciicast recording on (BYD-3)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="coop-bench-")
     try:
@@ -199,6 +227,10 @@ def main() -> None:
         print(f"coop/dtach echo p50   {c['echo p50 ms'] / d['echo p50 ms']:.2f}  (target ≤ 1.5)")
     print(f"coop ls p50           {c['ls p50 ms']:.1f} ms (target ≤ 60)")
     print(f"idle actor PSS        {c['idle actor PSS KiB'] / 1024:.1f} MiB (target ≤ 6)")
+    share = attention_cost() * c["MiB/s"]
+    print(f"attention tracking    {share * 100:.1f}% of the output path's time (target < 10%)")
+    if "recording MiB/s" in c:
+        print(f"recording on/off      {c['recording MiB/s'] / c['MiB/s']:.2f}  (target ≥ 0.9)")
 
 
 if __name__ == "__main__":

@@ -568,6 +568,18 @@ def lock_daemon(paths: Paths) -> int | None:
     return fd
 
 
+def preload_actor_code() -> None:
+    """Import what forked session actors run, then freeze the heap, so every
+    actor shares these pages with the supervisor instead of copying them
+    (idle actor PSS). aiortc stays out: only the tunnel actor imports it."""
+    import coop.actors.session  # noqa: F401
+    import coop.wsclient  # noqa: F401
+
+    if os.environ.get("COOP_UNSANDBOXED") != "1":
+        import coop.sandbox.launcher  # noqa: F401
+    gc.freeze()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the detached daemon process."""
     argv = sys.argv[1:] if argv is None else argv
@@ -577,6 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = lock_daemon(paths)
     if lock is None:
         return 0  # another daemon won the race; clients will find it
+    preload_actor_code()
     sup = Supervisor(paths)
     try:
         asyncio.run(sup.serve())
