@@ -50,6 +50,7 @@ class Session:
         self.stopping = False
         self.done = asyncio.Event()
         self._restart: asyncio.TimerHandle | None = None
+        self._early_exits: dict[int, int] = {}
         launcher.on_exit = self._on_exit
 
     # -- environment --------------------------------------------------------
@@ -131,6 +132,7 @@ class Session:
         child = await self.launcher.spawn(console.argv, self.environment(), self.cwd, *console.size)
         console.attach_process(child)
         log(f"started pty {console.id} ({console.role}) pid {child.pid}")
+        self._registered(child.pid)
 
     async def spawn_shell(self, command: str | None, size) -> Console:
         ident = 1
@@ -157,6 +159,17 @@ class Session:
             if console.pid == pid:
                 self._console_exited(console, code)
                 return
+        # a process that exits at once can be reported before its spawn() has
+        # returned to us: keep the news until the pid is registered
+        self._early_exits[pid] = code
+        while len(self._early_exits) > 64:
+            del self._early_exits[next(iter(self._early_exits))]
+
+    def _registered(self, pid: int) -> None:
+        """A spawned pid now has its owner; deliver an exit that came first."""
+        code = self._early_exits.pop(pid, None)
+        if code is not None:
+            self._on_exit(pid, code)
 
     def _console_exited(self, console: Console, code: int) -> None:
         ran_for = time.monotonic() - console.started_at
@@ -275,6 +288,7 @@ class Session:
         if rest:
             client.data_received(rest)
         log(f"exec pid {child.pid}")
+        self._registered(child.pid)
 
     async def _refuse(self, sock: socket.socket, answer: dict, dialect: str | None = None) -> None:
         """Answer an error in the client's own dialect, then close."""

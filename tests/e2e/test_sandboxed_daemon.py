@@ -217,3 +217,17 @@ def test_unprivileged_user_session_with_veth_network(user_world):
     finally:
         as_user(pw, src, "kill", "--all", "-f")
         as_user(pw, src, "shutdown")
+
+
+def test_instant_exits_are_never_lost(sandboxed):
+    """A process may exit before its spawn has returned to the session: the
+    exit must still reach exec clients and consoles (regression)."""
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "true"\n[network]\nmode = "none"\n'
+                             '[session]\nauto_restart = false\n')
+    c.ok("-d", cwd=ws)
+    wait_for(lambda: c.session("proj")["ptys"][0]["state"] == "exited", timeout=10,
+             what="the instant agent exit")
+    for i in range(25):
+        res = c.run("exec", "proj", "--", "sh", "-c", f"exit {i % 7}", timeout=15)
+        assert res.returncode == i % 7

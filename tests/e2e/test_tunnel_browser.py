@@ -307,7 +307,7 @@ def test_page_from_a_static_export_shows_the_code_to_paste(netns, coop, open_pag
     url = read_line(cli)
     assert url.startswith(static_site + "/connect#")
     page = open_page(url, viewport=PHONE, tolerate=POST_REFUSED)
-    code = wait_js(page, "document.querySelector('#answer-code')?.value || null", timeout=20,
+    code = wait_js(page, "document.querySelector('#answer-code')?.value || null", timeout=60,
                    what="the answer code")
     assert len(code) < 300 and re.fullmatch(r"[A-Za-z0-9_-]+", code)
     assert "coop tunnel" in page.locator("#answer-help").inner_text()
@@ -334,7 +334,7 @@ def test_an_answer_from_a_browser_that_left_fails_with_exit_6(netns, coop, open_
     start_daemon(coop, connect_timeout=8)
     cli = start_cli(coop, "--connect-url", static_site)
     page = open_page(read_line(cli), tolerate=POST_REFUSED)
-    code = wait_js(page, "document.querySelector('#answer-code')?.value || null", timeout=20,
+    code = wait_js(page, "document.querySelector('#answer-code')?.value || null", timeout=60,
                    what="the answer code")
     page.context.close()  # the browser is gone before its answer arrives
     delivered = coop.run("tunnel", "--answer", code)
