@@ -16,6 +16,7 @@ import secrets
 import signal
 import socket
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,11 @@ def session_cgroups(session_names: list[str]) -> list[str]:
     return found
 
 
-def mounts_under(root: Path) -> list[str]:
+def mounts_under(root: Path, ours: tuple[Path, ...] = ()) -> list[str]:
+    """Mounts under ``root`` other than the test's own ``ours``."""
     with open("/proc/self/mountinfo") as f:
-        return [line.strip() for line in f if str(root) in line]
+        return [line.strip() for line in f
+                if str(root) in line and line.split()[4] not in map(str, ours)]
 
 
 def state_leftovers(c: Coop) -> list[str]:
@@ -106,7 +109,8 @@ def state_leftovers(c: Coop) -> list[str]:
     return found
 
 
-def assert_nothing_left(c: Coop, session_names: list[str], port: int | None = None) -> None:
+def assert_nothing_left(c: Coop, session_names: list[str], port: int | None = None,
+                        ours: tuple[Path, ...] = ()) -> None:
     """DMN-9, DMN-3: stop everything the normal way, then look for leftovers."""
     c.ok("kill", "--all", "-f")
     daemon = c.daemon_pid()
@@ -114,7 +118,7 @@ def assert_nothing_left(c: Coop, session_names: list[str], port: int | None = No
     wait_for(lambda: not daemon or not pid_alive(daemon), timeout=15, what="daemon exit")
     wait_for(lambda: not processes_of(c.root), timeout=10,
              what=f"processes of the test to end: {processes_of(c.root)}")
-    assert mounts_under(c.root) == []
+    assert mounts_under(c.root, ours) == []
     assert session_cgroups(session_names) == []
     assert state_leftovers(c) == []
     if port:
@@ -390,3 +394,68 @@ def test_deeply_nested_json_everywhere_gets_an_error_not_a_crash(coop):
     assert pid_alive(actor) and web_actor_pid(coop) == web_pid
     assert "exited unexpectedly" not in coop.log()
     assert_nothing_left(coop, [one], web.port)
+
+
+# -- a full state disk ------------------------------------------------------------
+
+
+def fill(directory: Path) -> None:
+    """Use up every block and every inode of the file system holding ``directory``."""
+    with open(directory / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError:
+            pass
+    (directory / "inodes").mkdir()
+    try:
+        for n in range(100_000):
+            (directory / "inodes" / str(n)).touch()
+    except OSError:
+        pass
+
+
+def one_line_error(res: subprocess.CompletedProcess) -> str:
+    assert res.returncode != 0, res.stdout
+    text = res.stderr.decode().strip()
+    assert text and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+def test_a_full_state_disk_gives_one_line_errors_and_no_damage(tmp_path):
+    c = Coop(tmp_path, sandboxed=True)
+    c.state.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m,nr_inodes=100,mode=0700", "tmpfs",
+                    str(c.state)], check=True)
+    try:
+        one, two = names(2)
+        body = '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n'
+        start_sessions(c, [one], body)
+        client = attach_raw(c, one)
+        fill(c.state)
+
+        error = one_line_error(c.run("-d", "-n", two, "-w", str(c.workspace(two, body))))
+        assert "No space left on device" in error
+        assert os.listdir(c.state / "sessions") == [one]  # no half-made session
+        cl = RawClient(c.socket)
+        answer = cl.ask({"cmd": "serve", "host": "127.0.0.1", "port": 0, "tls": True})
+        assert answer["ok"] is False and "\n" not in answer["message"], answer
+
+        echo(client, "full")  # what runs keeps running
+        assert c.ok("exec", one, "--", "echo", "exec-ok") == "exec-ok\n"
+        c.ok("shutdown")  # a new daemon starts on the full disk and re-adopts
+        assert [s["name"] for s in c.ls()] == [one]
+        echo(attach_raw(c, one), "readopted")
+
+        os.unlink(c.state / "filler")
+        subprocess.run(["rm", "-rf", str(c.state / "inodes")], check=True)
+        start_sessions(c, [two], body)
+        assert c.ok("exec", two, "--", "echo", "two-ok") == "two-ok\n"
+        assert {s["name"] for s in c.ls()} == {one, two}
+        assert_nothing_left(c, [one, two], ours=(c.state,))
+    finally:
+        c.cleanup()
+        subprocess.run(["umount", "-l", str(c.state)], check=False)
