@@ -177,7 +177,7 @@ def coop(args, tmp, sandboxed: bool) -> dict:
                 wsfile.unlink()
             t0 = time.time()
             c.ok("-d", cwd=ws2)
-            wait_for(lambda: wsfile.exists() and wsfile.read_text().strip(), timeout=10)
+            wait_for(lambda f=wsfile: f.exists() and f.read_text().strip(), timeout=10)
             starts.append((float(wsfile.read_text()) - t0) * 1000)
             c.ok("kill", f"s{i}", "-f")
         starts.sort()

@@ -29,8 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop.sandbox.launcher import SandboxLauncher, SandboxSpec
-from coop.sandbox.mounts import host_entries
+from coop.sandbox.launcher import SandboxLauncher, SandboxSpec  # noqa: E402 (after the sys.path set-up)
+from coop.sandbox.mounts import host_entries  # noqa: E402 (after the sys.path set-up)
 
 
 async def coop_once(base: str) -> tuple[float, float]:

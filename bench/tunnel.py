@@ -27,9 +27,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from coop import websocket
-from tests.daemon import Coop
-from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
+from coop import websocket  # noqa: E402 (after the sys.path set-up)
+from tests.daemon import Coop  # noqa: E402 (after the sys.path set-up)
+from tests.tunnel_peer import BrowserPeer, IpcClient, private_network  # noqa: E402 (after the sys.path set-up)
 
 END = b"BENCH-END"
 

@@ -97,7 +97,7 @@ def _try_connect(path: str) -> socket.socket | None:
 
 def start_daemon(paths: Paths) -> None:
     """DMN-1: double fork, new session, stdin from /dev/null, output to the log."""
-    from coop.actors.supervisor import SocketPathError, check_socket_path
+    from coop.unixsocket import SocketPathError, check_socket_path
 
     paths.ensure_state()
     try:

@@ -335,7 +335,7 @@ def _check_layer(raw: Any, source: str) -> tuple[dict, list[str]]:
                 index = "" if bad.index is None else f"[{bad.index}]"
                 got = _kind(bad.value) if bad.secret else _show(bad.value)
                 reason = f" ({bad.reason})" if bad.reason else ""
-                raise CoopfileError(f"{where}{index}: expected {bad.expected}; got {got}{reason}")
+                raise CoopfileError(f"{where}{index}: expected {bad.expected}; got {got}{reason}") from None
     return layer, warnings
 
 

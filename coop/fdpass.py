@@ -10,10 +10,17 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from typing import Awaitable, Callable
 
 from coop import protocol
+from coop.log import log
 
 MAX_FDS = 4
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 class FdChannel:
@@ -37,7 +44,7 @@ class FdChannel:
             if self._eof:
                 return None
             fut = loop.create_future()
-            loop.add_reader(self.sock.fileno(), lambda: fut.done() or fut.set_result(None))
+            loop.add_reader(self.sock.fileno(), _wake, fut)
             try:
                 await fut
             finally:
@@ -71,7 +78,7 @@ class FdChannel:
                 n = socket.send_fds(self.sock, [data], list(fds)) if first and fds else self.sock.send(data)
             except (BlockingIOError, InterruptedError):
                 fut = loop.create_future()
-                loop.add_writer(self.sock.fileno(), lambda: fut.done() or fut.set_result(None))
+                loop.add_writer(self.sock.fileno(), _wake, fut)
                 try:
                     await fut
                 finally:
@@ -107,5 +114,48 @@ async def ask(path: str, msg: dict, fds: list[int] = (), timeout: float = 10.0) 
         if got is None:
             raise ConnectionError(f"{path}: closed without an answer")
         return got[0]
+    finally:
+        chan.close()
+
+
+Handler = Callable[[dict, list[int]], Awaitable[dict | None]]
+
+
+async def serve_requests(listener: socket.socket, handle: Handler, until: asyncio.Event) -> None:
+    """An actor's control socket: one request per connection (receive, answer,
+    close) until ``until`` is set. A request that fails is answered ``INTERNAL``
+    and logged; it never ends the server."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.ensure_future(until.wait())
+    try:
+        while not until.is_set():
+            accept = asyncio.ensure_future(loop.sock_accept(listener))
+            await asyncio.wait({accept, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not accept.done():
+                accept.cancel()
+                break
+            conn, _ = accept.result()
+            asyncio.ensure_future(_answer(FdChannel(conn), handle))
+    finally:
+        stop.cancel()
+
+
+async def _answer(chan: FdChannel, handle: Handler) -> None:
+    try:
+        got = await chan.recv(timeout=10)
+        if got is None:
+            return
+        msg, fds = got
+        try:
+            answer = await handle(msg, fds)
+        except protocol.ProtocolError as exc:
+            answer = exc.answer()
+        except Exception as exc:  # noqa: BLE001 - one request never ends the actor
+            log(f"internal error: {exc!r}")
+            answer = protocol.error(protocol.ErrorCode.INTERNAL, f"internal error: {exc}")
+        if answer is not None:
+            await chan.send(answer)
+    except (OSError, asyncio.TimeoutError, protocol.ProtocolError):
+        pass
     finally:
         chan.close()

@@ -18,7 +18,7 @@ import signal
 import socket
 import time
 
-from coop import coopfile, fdpass, protocol
+from coop import coopfile, fdpass, protocol, unixsocket
 from coop.clients import ExecClient, StreamClient
 from coop.console import Console
 from coop.filter import InputFilter
@@ -360,39 +360,7 @@ class ActorServer:
         self.sock = sock
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.sock.setblocking(False)
-        while not self.session.done.is_set():
-            accept = asyncio.ensure_future(loop.sock_accept(self.sock))
-            done = asyncio.ensure_future(self.session.done.wait())
-            await asyncio.wait({accept, done}, return_when=asyncio.FIRST_COMPLETED)
-            if not accept.done():
-                accept.cancel()
-                done.cancel()
-                break
-            done.cancel()
-            conn, _ = accept.result()
-            asyncio.ensure_future(self._handle(fdpass.FdChannel(conn)))
-
-    async def _handle(self, chan: fdpass.FdChannel) -> None:
-        try:
-            got = await chan.recv(timeout=10)
-            if got is None:
-                return
-            msg, fds = got
-            answer = await self._dispatch(msg, fds)
-            if answer is not None:
-                await chan.send(answer)
-        except (OSError, asyncio.TimeoutError, protocol.ProtocolError):
-            pass
-        except Exception as exc:  # never let one request take the session down
-            log(f"internal error: {exc!r}")
-            try:
-                await chan.send(protocol.error(ErrorCode.INTERNAL, str(exc)))
-            except OSError:
-                pass
-        finally:
-            chan.close()
+        await fdpass.serve_requests(self.sock, self._dispatch, self.session.done)
 
     async def _dispatch(self, msg: dict, fds: list[int]) -> dict | None:
         cmd = msg.get("cmd")
@@ -427,20 +395,6 @@ class ActorServer:
         return protocol.error(ErrorCode.INVALID_COMMAND, f"unknown actor command {cmd!r}")
 
 
-def listen(path: str) -> socket.socket:
-    """Bind the actor socket with owner-only permissions (SEC-1)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        if os.path.lexists(path):
-            os.unlink(path)
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    return sock
-
-
 def make_launcher(paths: Paths, name: str, workspace: str, table: dict,
                   allow_paths: list[str]) -> Launcher:
     """The sandbox for every user-facing session; the host launcher only when a
@@ -471,7 +425,7 @@ async def run(paths: Paths, name: str, workspace: str, table: dict, created: int
 
     try:
         session_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        sock = listen(str(paths.actor_socket(name)))
+        sock = unixsocket.listen(str(paths.actor_socket(name)))
         launcher = make_launcher(paths, name, workspace, table, list(allow_paths))
         session = Session(paths, name, workspace, table, created, launcher)
         await session.start()

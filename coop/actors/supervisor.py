@@ -18,39 +18,19 @@ import os
 import re
 import signal
 import socket
-import stat
 import struct
 import sys
 import time
 
-from coop import __version__, coopfile, fdpass, protocol
+from coop import __version__, coopfile, fdpass, protocol, unixsocket
 from coop.log import log, set_actor
 from coop.paths import Paths, home
 from coop.protocol import ErrorCode, ProtocolError
+from coop.unixsocket import SocketPathError
 
 HANDSHAKE_TIMEOUT = 10.0
 ACTOR_TIMEOUT = 10.0
 PR_SET_PDEATHSIG = 1
-
-
-class SocketPathError(Exception):
-    """The socket path is unsafe to use (IPC-1)."""
-
-
-def check_socket_path(path: str) -> bool:
-    """IPC-1: True when a stale socket of ours must be replaced, False when the
-    path is free. Raises for a symlink, a non-socket or a foreign owner."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return False
-    if stat.S_ISLNK(st.st_mode):
-        raise SocketPathError(f"{path} is a symlink; refusing to follow it")
-    if not stat.S_ISSOCK(st.st_mode):
-        raise SocketPathError(f"{path} exists and is not a socket; remove it or use --socket")
-    if st.st_uid != os.getuid():
-        raise SocketPathError(f"{path} is owned by uid {st.st_uid}, not by you")
-    return True
 
 
 def peer_uid(sock: socket.socket) -> int:
@@ -101,25 +81,12 @@ class Supervisor:
     # -- start-up -----------------------------------------------------------
 
     def bind(self) -> socket.socket:
-        path = str(self.paths.socket)
-        if check_socket_path(path):
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                probe.connect(path)
-                raise SocketPathError(f"another daemon is listening on {path}")
-            except (ConnectionRefusedError, FileNotFoundError):
-                os.unlink(path)  # stale: nothing listens (DMN-1)
-            finally:
-                probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)
         try:
-            sock.bind(path)
-        finally:
-            os.umask(old)
-        sock.listen(128)
-        sock.setblocking(False)
-        return sock
+            return unixsocket.listen(str(self.paths.socket), backlog=128)
+        except SocketPathError as exc:
+            if "already listening" in str(exc):
+                raise SocketPathError(f"another daemon is listening on {self.paths.socket}") from None
+            raise
 
     async def readopt(self) -> None:
         """DMN-3/DMN-4: find running session actors through their sockets."""

@@ -44,8 +44,9 @@ import struct
 import time
 from collections import deque
 
-from coop import envelope, fdpass, protocol
-from coop.actors.supervisor import NAME_RE, SocketPathError, check_socket_path
+from coop import envelope, fdpass, protocol, unixsocket
+from coop.actors.supervisor import NAME_RE
+from coop.unixsocket import SocketPathError
 from coop.log import log, set_actor
 from coop.machine import machine_id
 from coop.paths import Paths
@@ -414,20 +415,9 @@ class TunnelActor:
     # -- control socket ------------------------------------------------------
 
     async def serve(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        listener.setblocking(False)
         housekeeping = asyncio.ensure_future(self._housekeeping())
-        stop = asyncio.ensure_future(self.stopping.wait())
-        while not self.stopping.is_set():
-            accept = asyncio.ensure_future(loop.sock_accept(listener))
-            await asyncio.wait({accept, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if not accept.done():
-                accept.cancel()
-                break
-            conn, _ = accept.result()
-            asyncio.ensure_future(self._handle(fdpass.FdChannel(conn)))
+        await fdpass.serve_requests(listener, self._handle, self.stopping)
         housekeeping.cancel()
-        stop.cancel()
         for tunnel in self.tunnels.values():
             tunnel.finish("closed", "the daemon is shutting down")
         await asyncio.gather(*(t.closing for t in self.tunnels.values() if t.closing))
@@ -446,27 +436,11 @@ class TunnelActor:
                 log("no tunnels left; exiting")
                 self.stopping.set()
 
-    async def _handle(self, chan: fdpass.FdChannel) -> None:
-        try:
-            got = await chan.recv(timeout=10)
-            if got is None:
-                return
-            msg, fds = got
-            for fd in fds:
-                os.close(fd)
-            try:
-                cmd, msg = protocol.check_command(msg)
-                answer = await self.dispatch(cmd, msg)
-            except ProtocolError as exc:
-                answer = exc.answer()
-            except Exception as exc:  # noqa: BLE001 - one request never ends every tunnel
-                log(f"internal error: {exc!r}")
-                answer = protocol.error(ErrorCode.INTERNAL, f"internal error: {exc}")
-            await chan.send(answer)
-        except (TimeoutError, OSError, ProtocolError):
-            pass
-        finally:
-            chan.close()
+    async def _handle(self, msg: dict, fds: list[int]) -> dict:
+        for fd in fds:
+            os.close(fd)
+        cmd, msg = protocol.check_command(msg)
+        return await self.dispatch(cmd, msg)
 
     async def dispatch(self, cmd: str, msg: dict) -> dict:
         if cmd == "tunnel":
@@ -531,20 +505,6 @@ class TunnelActor:
         return await tunnel.apply_answer(msg["answer"])
 
 
-def listen(path: str) -> socket.socket:
-    """The control socket, owner-only; never through a symlink (IPC-1)."""
-    if check_socket_path(path):
-        os.unlink(path)
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    old = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old)
-    sock.listen(64)
-    return sock
-
-
 async def run(paths: Paths, ready_fd: int) -> None:
     """Actor main: report readiness, serve tunnels until SIGTERM or idle."""
     set_actor("tunnel")
@@ -552,7 +512,7 @@ async def run(paths: Paths, ready_fd: int) -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     actor = TunnelActor(paths)
     try:
-        listener = listen(str(paths.tunnel_socket))
+        listener = unixsocket.listen(str(paths.tunnel_socket))
     except (OSError, SocketPathError) as exc:
         answer = protocol.error(ErrorCode.INTERNAL, f"tunnel socket: {exc}")
         os.write(ready_fd, protocol.encode_message(answer))

@@ -1,13 +1,12 @@
 """BYD-2 attention and BYD-3 recording, through real daemons and real programs."""
 
 import json
-import os
 import time
 
 import pytest
 
 from coop import recording
-from tests.daemon import Coop, PtyProc, wait_for
+from tests.daemon import Coop, wait_for
 from tests.e2e.test_daemon import attach_raw
 
 

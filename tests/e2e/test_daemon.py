@@ -14,7 +14,7 @@ import pytest
 
 from coop import protocol
 from coop.protocol import FrameDecoder, FrameType
-from tests.daemon import REPO, Coop, pid_alive, wait_for
+from tests.daemon import Coop, pid_alive, wait_for
 
 
 class RawClient:
