@@ -190,3 +190,30 @@ class PtyProc:
             self.proc.kill()
             self.proc.wait()
         os.close(self.master)
+
+
+def readable_copy() -> str:
+    """A copy of the coop package that other users can read (the clone may sit in
+    a directory only root can enter); the caller removes it."""
+    import shutil
+    import tempfile
+
+    src = tempfile.mkdtemp(prefix="coop-src-")
+    os.chmod(src, 0o755)
+    shutil.copytree(REPO / "coop", Path(src) / "coop",
+                    ignore=shutil.ignore_patterns("__pycache__", "vendor"))
+    for root, dirs, files in os.walk(src):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o644)
+    return src
+
+
+def coop_as(user: str, home: str, src: str, *args: str, cwd=None, timeout: float = 60):
+    """Run the CLI as ``user`` with Debian's python (root's pyenv is out of reach)."""
+    env = ["env", "-i", f"HOME={home}", "PATH=/usr/bin:/bin", f"PYTHONPATH={src}",
+           "COOP_IDLE_TIMEOUT=30", "LANG=C.UTF-8"]
+    return subprocess.run(["runuser", "-u", user, "--", *env, "/usr/bin/python3", "-m", "coop",
+                           *args], cwd=cwd or home, capture_output=True, timeout=timeout,
+                          check=False)

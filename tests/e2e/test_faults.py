@@ -17,13 +17,14 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from coop import protocol
 from coop.protocol import FrameType
-from tests.daemon import Coop, pid_alive, wait_for
+from tests.daemon import REPO, Coop, pid_alive, wait_for
 from tests.e2e.test_daemon import RawClient, attach_raw
 from tests.tunnel_peer import BrowserPeer, IpcClient, private_network
 from tests.webclient import Web, children, serve, web_actor_pid
@@ -459,3 +460,16 @@ def test_a_full_state_disk_gives_one_line_errors_and_no_damage(tmp_path):
     finally:
         c.cleanup()
         subprocess.run(["umount", "-l", str(c.state)], check=False)
+
+
+# -- soak (short variant of bench/soak.py) --------------------------------------------
+
+
+@pytest.mark.slow
+def test_soak_one_minute_three_sessions_every_byte_in_order_and_flat_resources():
+    res = subprocess.run([sys.executable, str(REPO / "bench" / "soak.py"), "--minutes", "1",
+                          "--sessions", "3", "--web", "2"],
+                         capture_output=True, text=True, timeout=240, check=False)
+    print(res.stdout)  # the RSS and descriptor curves
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert "PASS: no restart, every byte in order" in res.stdout

@@ -12,13 +12,12 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import REPO, Coop, wait_for
+from tests.daemon import Coop, coop_as, readable_copy, wait_for
 from tests.e2e.test_daemon import attach_raw
 from tests.image_fixture import busybox_members, file, image, tar_bytes, write_layout
 from tests.registry_fixture import Registry
@@ -207,15 +206,7 @@ def user_world():
     subprocess.run(["userdel", "-r", "-f", USER], capture_output=True, check=False)
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     pw = pwd.getpwnam(USER)
-    src = tempfile.mkdtemp(prefix="coop-src-")
-    os.chmod(src, 0o755)
-    shutil.copytree(REPO / "coop", Path(src) / "coop",
-                    ignore=shutil.ignore_patterns("__pycache__", "vendor"))
-    for root, dirs, files in os.walk(src):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-        for name in files:
-            os.chmod(os.path.join(root, name), 0o644)
+    src = readable_copy()
     try:
         yield pw, src
     finally:
@@ -232,11 +223,7 @@ def user_world():
 
 
 def as_user(pw, src, *args, cwd=None, timeout=60):
-    env = ["env", "-i", f"HOME={pw.pw_dir}", "PATH=/usr/bin:/bin", f"PYTHONPATH={src}",
-           "COOP_IDLE_TIMEOUT=30", "LANG=C.UTF-8"]
-    return subprocess.run(["runuser", "-u", USER, "--", *env, "/usr/bin/python3", "-m", "coop",
-                           *args], cwd=cwd or pw.pw_dir, capture_output=True, timeout=timeout,
-                          check=False)
+    return coop_as(USER, pw.pw_dir, src, *args, cwd=cwd, timeout=timeout)
 
 
 def test_unprivileged_user_builds_and_runs_an_image(user_world):

@@ -7,12 +7,11 @@ import pwd
 import shutil
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.daemon import REPO, Coop, wait_for
+from tests.daemon import Coop, coop_as, readable_copy, wait_for
 
 SECRET = "s3cr3t-value-4b1e9c"
 USER = f"coop-e2e{os.getpid()}"  # per run: test runs in parallel never share it
@@ -126,15 +125,7 @@ def user_world():
     """A real unprivileged user and a copy of coop it can read."""
     subprocess.run(["useradd", "-m", "-s", "/bin/sh", USER], check=True, capture_output=True)
     pw = pwd.getpwnam(USER)
-    src = tempfile.mkdtemp(prefix="coop-src-")
-    os.chmod(src, 0o755)
-    shutil.copytree(REPO / "coop", Path(src) / "coop",
-                    ignore=shutil.ignore_patterns("__pycache__", "vendor"))
-    for root, dirs, files in os.walk(src):
-        for d in dirs:
-            os.chmod(os.path.join(root, d), 0o755)
-        for f in files:
-            os.chmod(os.path.join(root, f), 0o644)
+    src = readable_copy()
     try:
         yield pw, src
     finally:
@@ -144,11 +135,7 @@ def user_world():
 
 
 def as_user(pw, src, *args, cwd=None, timeout=60):
-    env = ["env", "-i", f"HOME={pw.pw_dir}", "PATH=/usr/bin:/bin", f"PYTHONPATH={src}",
-           "COOP_IDLE_TIMEOUT=30", "LANG=C.UTF-8"]
-    return subprocess.run(["runuser", "-u", USER, "--", *env, "/usr/bin/python3", "-m", "coop",
-                           *args], cwd=cwd or pw.pw_dir, capture_output=True, timeout=timeout,
-                          check=False)
+    return coop_as(USER, pw.pw_dir, src, *args, cwd=cwd, timeout=timeout)
 
 
 def user_workspace(pw, network_mode: str) -> Path:
