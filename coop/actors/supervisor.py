@@ -30,6 +30,8 @@ from coop.unixsocket import SocketPathError
 
 HANDSHAKE_TIMEOUT = 10.0
 ACTOR_TIMEOUT = 10.0
+KILL_GRACE = 5.0  # DMN-9: SIGTERM, then SIGKILL after this
+KILL_TIMEOUT = 10.0  # beyond the grace: the actor is hung and is killed itself
 PR_SET_PDEATHSIG = 1
 
 
@@ -103,17 +105,21 @@ class Supervisor:
             except ConnectionRefusedError:
                 self._bury(entry.name)
                 continue
-            except (OSError, asyncio.TimeoutError):
-                log(f"removing stale actor socket of {entry.name}")
-                try:
-                    os.unlink(sock_path)
-                except OSError:
-                    pass
+            except asyncio.TimeoutError:  # alive but slow: adopt it, learn the rest later
+                self.sessions[entry.name] = {"workspace": None, "pid": None, "created": None}
+                log(f"re-adopted session {entry.name} (its actor is not answering yet)")
+                continue
+            except OSError as exc:
+                log(f"cannot reach the actor of {entry.name}: {exc}")
                 continue
             info = answer.get("session") or {}
             if info.get("name") == entry.name:
-                self.sessions[entry.name] = {"workspace": info.get("workspace"), "pid": info.get("pid")}
+                self._remember(info)
                 log(f"re-adopted session {entry.name} (actor pid {info.get('pid')})")
+
+    def _remember(self, info: dict) -> None:
+        self.sessions[info["name"]] = {"workspace": info.get("workspace"), "pid": info.get("pid"),
+                                       "created": info.get("created")}
 
     # -- serving ------------------------------------------------------------
 
@@ -297,7 +303,11 @@ class Supervisor:
         except ConnectionRefusedError:  # a socket nobody listens on: the actor died
             self._bury(name)
             raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
-        except (OSError, asyncio.TimeoutError):
+        except asyncio.TimeoutError:  # busy or stopped, not gone: it stays in the table
+            raise ProtocolError(ErrorCode.INTERNAL,
+                                f"session {name!r} is not answering (its actor is busy or "
+                                "stopped)") from None
+        except OSError:
             self.sessions.pop(name, None)
             raise ProtocolError(ErrorCode.SESSION_NOT_FOUND, f"session {name!r} is gone") from None
 
@@ -308,10 +318,23 @@ class Supervisor:
                 self.sessions.pop(name, None)
 
     async def _infos(self) -> list[dict]:
+        """Every session's own answer; one that does not answer in time is listed
+        ``not answering`` rather than left out (``kill --all`` must still reach it)."""
         names = sorted(self.sessions)
         answers = await asyncio.gather(*(self._ask(n, {"cmd": "info"}, timeout=3) for n in names),
                                        return_exceptions=True)
-        return [a["session"] for a in answers if isinstance(a, dict) and a.get("ok")]
+        infos = []
+        for name, answer in zip(names, answers):
+            if isinstance(answer, dict) and answer.get("ok"):
+                self._remember(answer["session"])
+                infos.append(answer["session"])
+            elif name in self.sessions:
+                entry = self.sessions[name]
+                infos.append({"name": name, "workspace": entry["workspace"] or "?",
+                              "pid": entry["pid"], "created": entry["created"] or int(self.started),
+                              "state": "not answering", "ptys": [], "local_clients": 0,
+                              "web_clients": 0, "tunnel_clients": 0})
+        return infos
 
     async def create(self, msg: dict) -> dict:
         workspace = os.path.realpath(msg["workspace"])
@@ -340,7 +363,7 @@ class Supervisor:
         finally:
             self.pending.discard(name)
         if answer.get("ok"):
-            self.sessions[name] = {"workspace": workspace, "pid": answer.get("pid")}
+            self._remember({"name": name, "workspace": workspace, "pid": answer.get("pid")})
         return answer
 
     def _check_start(self, workspace: str, table: dict, allow_paths: list[str]) -> dict | None:
@@ -485,7 +508,21 @@ class Supervisor:
 
     async def kill(self, msg: dict) -> dict:
         name = self.find(msg["session"])
-        answer = await self._ask(name, {"cmd": "kill", "force": bool(msg.get("force"))}, timeout=30)
+        force = bool(msg.get("force"))
+        try:
+            answer = await self._ask(name, {"cmd": "kill", "force": force},
+                                     timeout=KILL_TIMEOUT + (0 if force else KILL_GRACE))
+        except ProtocolError as exc:
+            pid = self.sessions.get(name, {}).get("pid")
+            if exc.code != ErrorCode.INTERNAL or not pid:
+                raise
+            log(f"session {name}: its actor did not answer the kill; killing the actor")
+            try:
+                os.kill(pid, signal.SIGKILL)  # the sandbox's init ends with its actor
+            except ProcessLookupError:
+                pass
+            self._bury(name)
+            return protocol.ok()
         self.sessions.pop(name, None)
         return answer
 

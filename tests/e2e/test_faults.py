@@ -358,6 +358,34 @@ def test_sigkill_of_the_tunnel_actor_spares_sessions_and_a_new_tunnel_works(tmp_
             c.cleanup()
 
 
+
+@pytest.mark.slow
+def test_a_stopped_session_actor_is_not_answering_not_forgotten(coop):
+    one, two = names(2)
+    start_sessions(coop, [one, two])
+    actor = coop.session(one)["pid"]
+    os.kill(actor, signal.SIGSTOP)
+    try:
+        states = {s["name"]: s["state"] for s in coop.ls()}
+        assert states[one] == "not answering" and states[two] != "not answering"
+        assert "exists" in coop.ok("-d", "-n", one, "-w", str(coop.workspace(one)))
+        supervisor = coop.daemon_pid()  # a new daemon adopts it without an answer too
+        os.kill(supervisor, signal.SIGKILL)
+        wait_for(lambda: not pid_alive(supervisor), what="the supervisor to die")
+        assert {s["name"]: s["state"] for s in coop.ls()}[one] == "not answering"
+    finally:
+        os.kill(actor, signal.SIGCONT)
+    resumed = coop.session(one)
+    assert resumed["state"] != "not answering" and resumed["pid"] == actor
+    echo(attach_raw(coop, one), "resumed")
+
+    os.kill(actor, signal.SIGSTOP)  # a hung actor is killed by `kill`, not waited for
+    coop.ok("kill", one, "-f")
+    wait_for(lambda: not pid_alive(actor), what="the hung actor to be killed")
+    assert [s["name"] for s in coop.ls()] == [two]
+    echo(attach_raw(coop, two), "other")
+    assert_nothing_left(coop, [])
+
 # -- hostile input (SEC-4, IPC-6) ------------------------------------------------
 
 DEEP = "[" * 2000  # deeper than Python's JSON parser recurses, shorter than a tty line
