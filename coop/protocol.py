@@ -106,6 +106,8 @@ def decode_json(body: bytes) -> dict:
         obj = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         raise ProtocolError(ErrorCode.INVALID_COMMAND, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(ErrorCode.INVALID_COMMAND, "malformed JSON: nested too deeply") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.INVALID_COMMAND, "message must be a JSON object")
     return obj

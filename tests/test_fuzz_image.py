@@ -77,23 +77,6 @@ def document(r: Recipe) -> bytes:
     return r.mangle(body) if r.chance(3) else body
 
 
-def well_typed(data: bytes) -> bool:
-    """Leaves out the two input shapes the current code is known to crash on (xfail below)."""
-    try:
-        doc = json.loads(data)
-    except ValueError:
-        return True
-    if not isinstance(doc, dict):
-        return True
-    entries = doc.get("manifests"), doc.get("layers"), [doc.get("config")]
-    for group in entries:
-        for entry in group if isinstance(group, list) else []:
-            if isinstance(entry, dict) and not isinstance(entry.get("digest", ""), str | None):
-                return False
-    config = doc.get("config")
-    return config is None or isinstance(config, dict) and isinstance(config.get("Env") or [], list)
-
-
 def check_document(data: bytes, header_type: str, wanted: Platform) -> None:
     for parse_one in (lambda: media_type_of(data, header_type, "img"),
                       lambda: parse_manifest(data, "img"),
@@ -111,27 +94,19 @@ def check_document(data: bytes, header_type: str, wanted: Platform) -> None:
 def test_fuzz_manifest_index_and_config_raise_only_manifest_error(data):
     r = Recipe(data)
     wanted, header = r.choice(WANTED), r.choice(TYPES)
-    body = document(r)
-    if well_typed(body):
-        check_document(body, header, wanted)
+    check_document(document(r), header, wanted)
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError,
-                   reason="coop/image/manifest.py _descriptor: hex_of() on a non-string digest")
 def test_non_string_digest_is_a_manifest_error():
     with pytest.raises(ManifestError):
         parse_manifest(b'{"layers": [], "config": {"digest": 5, "size": 1}}', "img")
 
 
-@pytest.mark.xfail(strict=True, raises=(AttributeError, TypeError),
-                   reason="coop/image/manifest.py image_env: config or Env of the wrong type")
 @pytest.mark.parametrize("config", [b'{"config": [1]}', b'{"config": {"Env": 5}}'])
 def test_config_of_the_wrong_shape_has_no_env(config):
     assert image_env(load_config(config, "img")) == []
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="coop/image/manifest.py _load: json.loads raises RecursionError")
 def test_deeply_nested_manifest_is_a_manifest_error():
     with pytest.raises(ManifestError, match="not valid JSON"):
         parse_manifest(b"[" * 100_000, "img")

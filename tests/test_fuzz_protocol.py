@@ -82,9 +82,6 @@ def test_check_command_accepts_every_command_in_its_minimal_form():
         assert protocol.check_command(json.loads(json.dumps(msg))) == (cmd, msg)
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="coop/protocol.py decode_json: json.loads raises RecursionError "
-                          "(the supervisor answers INTERNAL instead of INVALID_COMMAND)")
 def test_deeply_nested_json_is_an_invalid_command():
     with pytest.raises(ProtocolError) as exc:
         protocol.decode_json(b"[" * 100_000)

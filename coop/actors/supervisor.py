@@ -198,6 +198,7 @@ class Supervisor:
 
         self.sessions.pop(name, None)
         remove_session_files(self.paths, name)
+        asyncio.get_running_loop().run_in_executor(None, bury_cgroups, name)
         log(f"session {name}: its actor died; removed its files")
 
     async def _client(self, conn: socket.socket) -> None:
@@ -337,6 +338,8 @@ class Supervisor:
         return infos
 
     async def create(self, msg: dict) -> dict:
+        if "\0" in msg["workspace"]:
+            return protocol.error(ErrorCode.INVALID_COMMAND, "workspace: a path has no NUL byte")
         workspace = os.path.realpath(msg["workspace"])
         if not os.path.isdir(workspace):
             return protocol.error(ErrorCode.INVALID_COMMAND, f"workspace {workspace} is not a directory")
@@ -444,6 +447,10 @@ class Supervisor:
         if self.web and self.web["pid"] in self.children:
             return protocol.ok(**self.web["info"], already=True)
         config = {k: msg[k] for k in ("host", "port", "token", "read_only_token", "tls") if k in msg}
+        if not 0 <= (config.get("port") or 0) <= 65535:
+            return protocol.error(ErrorCode.INVALID_COMMAND, "port: expected 0 to 65535")
+        if "\0" in (config.get("host") or "") + (config.get("token") or ""):
+            return protocol.error(ErrorCode.INVALID_COMMAND, "host and token have no NUL byte")
         return await self._start_web(config)
 
     async def _start_web(self, config: dict) -> dict:
@@ -559,6 +566,20 @@ class Supervisor:
                 pass
         if self.listener:
             self.listener.close()
+
+
+def bury_cgroups(name: str) -> None:
+    """Kill what is left in a dead session's cgroups (BYD-7) and remove them."""
+    from coop.sandbox.limits import Limits
+
+    try:
+        left = Limits.left_behind(name, on_event=log)
+        if left.places:
+            left.kill()
+            left.cleanup()
+            log(f"session {name}: removed the cgroups it left behind")
+    except (OSError, ValueError) as exc:
+        log(f"session {name}: cannot remove its cgroups: {exc}")
 
 
 def lock_daemon(paths: Paths) -> int | None:

@@ -72,6 +72,8 @@ def _descriptor(obj, where: str) -> Descriptor:
     if not isinstance(obj, dict):
         raise ManifestError(f"{where}: descriptor is not an object")
     digest, size = obj.get("digest"), obj.get("size")
+    if not isinstance(digest, str):
+        raise ManifestError(f"{where}: descriptor has no digest string")
     try:
         hex_of(digest)
     except ValueError as exc:
@@ -90,7 +92,7 @@ def _descriptor(obj, where: str) -> Descriptor:
 def _load(data: bytes, what: str) -> dict:
     try:
         doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ManifestError(f"{what}: not valid JSON") from None
     if not isinstance(doc, dict):
         raise ManifestError(f"{what}: not a JSON object")
@@ -163,5 +165,8 @@ def load_config(data: bytes, what: str) -> dict:
 
 def image_env(config: dict) -> list[str]:
     """The ``Env`` list of an image config (``KEY=value`` strings)."""
-    env = (config.get("config") or {}).get("Env") or []
+    inner = config.get("config")
+    env = inner.get("Env") if isinstance(inner, dict) else None
+    if not isinstance(env, list):
+        return []
     return [item for item in env if isinstance(item, str) and "=" in item]

@@ -159,6 +159,20 @@ class Limits:
                 pass
         self.places = []
 
+    @classmethod
+    def left_behind(cls, session: str, **options) -> "Limits":
+        """The cgroups a session's actor created but, killed, never removed: call
+        ``kill()`` and ``cleanup()`` on the result (the supervisor buries it)."""
+        found = cls({}, session, **options)
+        for controller in sorted(set(CONTROLLER.values())):
+            try:
+                place = found._place(controller)
+            except Unavailable:
+                continue
+            if os.path.isdir(place.path) and place not in found.places:
+                found.places.append(place)
+        return found
+
     def _place(self, controller: str) -> Place:
         """The cgroup for ``controller``: its v1 hierarchy if mounted, else v2."""
         for entry in sorted(os.listdir(self.root)) if os.path.isdir(self.root) else []:

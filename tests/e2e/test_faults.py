@@ -251,10 +251,8 @@ def test_sigkill_of_a_sandboxed_session_actor_ends_only_that_session(sandboxed):
     assert_nothing_left(c, [two], web.port)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="coop/sandbox: nobody removes the cgroups of a session whose actor "
-                          "was SIGKILLed (limits.Limits.cleanup runs only in the actor)")
 def test_sigkill_of_a_session_actor_leaves_no_cgroup(sandboxed):
+    """The supervisor buries a killed actor's cgroups (Limits.left_behind)."""
     c = sandboxed
     (one,) = names(1)
     start_sessions(c, [one], SANDBOX_BODY)
@@ -501,3 +499,22 @@ def test_soak_one_minute_three_sessions_every_byte_in_order_and_flat_resources()
     print(res.stdout)  # the RSS and descriptor curves
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "PASS: no restart, every byte in order" in res.stdout
+
+
+def test_hostile_field_values_get_structured_errors(coop):
+    (one,) = names(1)
+    start_sessions(coop, [one])
+    cl = RawClient(coop.socket)
+    for msg, code in [({"cmd": "create", "workspace": "/tmp\0x"}, "INVALID_COMMAND"),
+                      ({"cmd": "serve", "port": 1 << 20}, "INVALID_COMMAND"),
+                      ({"cmd": "serve", "port": -1}, "INVALID_COMMAND"),
+                      ({"cmd": "serve", "host": "\0"}, "INVALID_COMMAND"),
+                      ({"cmd": "attach", "session": one, "pty": 1 << 70}, "PTY_NOT_FOUND"),
+                      ({"cmd": "kill", "session": "../../x"}, "SESSION_NOT_FOUND"),
+                      ({"cmd": "exec", "session": one, "argv": [1, None]}, "INVALID_COMMAND")]:
+        answer = cl.ask(msg)
+        assert answer["ok"] is False and answer["error"] == code, (msg, answer)
+        assert "\n" not in answer["message"]
+    echo(attach_raw(coop, one, cols=1 << 40, rows=-5), "odd-size")  # clamped, not fatal
+    assert "crashed" not in coop.log() and "internal error" not in coop.log()
+    assert_nothing_left(coop, [])
