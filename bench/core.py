@@ -168,21 +168,29 @@ def coop(args, tmp, sandboxed: bool) -> dict:
             ls.append((time.perf_counter() - t0) * 1000)
         out["ls p50 ms"] = statistics.median(ls)
         starts = []
+        from coop import coopfile
+        from coop.client import connect
+        from coop.paths import Paths
+
+        os.environ.update(c.env)  # this process speaks to the bench's daemon directly
         for i in range(args.starts):
             ws2 = c.workspace(f"s{i}", '[agent]\ncommand = "sh"\nargs = ["-c", '
-                                       '"date +%s.%N > $COOP_WORKSPACE/../started; exec cat"]\n'
+                                       '"date +%s.%N > started; exec cat"]\n'
                                        '[network]\nmode = "none"\n')
-            wsfile = ws2.parent / "started"
+            wsfile = ws2 / "started"  # the agent's cwd is its workspace
             if wsfile.exists():
                 wsfile.unlink()
-            t0 = time.time()
-            c.ok("-d", cwd=ws2)
+            table = coopfile.load(workspace=str(ws2)).table
+            conn = connect(Paths.default(c.socket))  # connected and greeted beforehand
+            t0 = time.time()  # SB-7: from the daemon receiving create...
+            conn.request({"cmd": "create", "workspace": str(ws2), "coopfile": table, "detach": True})
+            conn.close()  # ...to the agent's first instruction
             wait_for(lambda f=wsfile: f.exists() and f.read_text().strip(), timeout=10)
             starts.append((float(wsfile.read_text()) - t0) * 1000)
             c.ok("kill", f"s{i}", "-f")
         starts.sort()
-        out["create→agent p50 ms (incl. CLI)"] = statistics.median(starts)
-        out["create→agent p95 ms (incl. CLI)"] = starts[int(len(starts) * 0.95) - 1]
+        out["create→agent p50 ms"] = statistics.median(starts)
+        out["create→agent p95 ms"] = starts[max(0, int(len(starts) * 0.95) - 1)]
         ws3 = c.workspace("idle", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
         c.ok("-d", cwd=ws3)
         wait_for(lambda: c.session("idle")["state"] == "running", timeout=10)

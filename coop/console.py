@@ -82,18 +82,29 @@ class Console:
         return self.child.pid if self.child else None
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self.child.master_fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EIO:
-                raise
-            data = b""
-        if data:
-            self.emit(data)
-        else:  # EIO: every slave fd is closed; the exit report follows
-            self._loop.remove_reader(self.child.master_fd)
+        """Read what the PTY holds, up to READ_SIZE, and pass it on as one chunk:
+        a PTY read returns at most ~4 KiB, and every chunk costs the same fixed
+        work downstream (scrollback, attention, one frame per client)."""
+        fd = self.child.master_fd
+        chunks, total, closed = [], 0, False
+        while total < READ_SIZE:
+            try:
+                data = os.read(fd, READ_SIZE - total)
+            except BlockingIOError:
+                break
+            except OSError as exc:
+                if exc.errno != errno.EIO:
+                    raise
+                data = b""
+            if not data:  # EIO: every slave fd is closed; the exit report follows
+                closed = True
+                break
+            chunks.append(data)
+            total += len(data)
+        if chunks:
+            self.emit(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+        if closed:
+            self._loop.remove_reader(fd)
 
     def process_exited(self, code: int) -> None:
         """Drain what the process wrote before it died, then close the PTY."""

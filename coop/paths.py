@@ -7,7 +7,6 @@ The socket is ``--socket``/``$COOP_SOCKET``, else ``<state>/sock``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -16,10 +15,15 @@ def home() -> Path:
     return Path(os.environ.get("HOME") or os.path.expanduser("~"))
 
 
-@dataclass(frozen=True)
 class Paths:
-    state: Path
-    socket: Path
+    """The state directory and the daemon socket (no dataclass: its import costs
+    more than the whole of ``coop ls``'s own work)."""
+
+    __slots__ = ("state", "socket")
+
+    def __init__(self, state: Path, socket: Path):
+        self.state = Path(state)
+        self.socket = Path(socket)
 
     @classmethod
     def default(cls, socket: str | os.PathLike | None = None) -> "Paths":
