@@ -5,7 +5,8 @@ built it. A build happens in ``<root>/.build-<hash>-<pid>/`` and is published
 by one rename (an atomic exchange when replacing), so a reader sees either
 the old rootfs or the new one, never a half-built tree. A per-hash flock
 keeps two builds of the same hash apart and tells ``gc`` which staging
-directories belong to a dead build.
+directories belong to a dead build. Trees go through ``coop.sandbox.removal``:
+a build step may have left directories of subordinate ids in them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from coop.image import tree
+from coop.sandbox import removal
 
 _STAGING = ".build-"
 _RENAME_EXCHANGE = 2
@@ -94,13 +95,13 @@ class RootfsStore:
         """
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         staging = self.root / f"{_STAGING}{build_hash}-{os.getpid()}"
-        tree.remove(staging)
+        removal.remove(staging)
         staging.mkdir(mode=0o700)
         (staging / "rootfs").mkdir(mode=0o755)
         try:
             yield staging
         finally:
-            tree.remove(staging)
+            removal.remove(staging)
 
     def publish(self, staging: Path, build_hash: str, meta: dict) -> Entry:
         """Write ``meta.json`` and move ``staging`` to ``<root>/<hash>`` atomically."""
@@ -111,12 +112,12 @@ class RootfsStore:
         final = self.root / build_hash
         # After an exchange the old tree sits at ``staging`` and leaves with it.
         if not (final.exists() and _exchange(staging, final)):
-            tree.remove(final)
+            removal.remove(final)
             os.rename(staging, final)
         return Entry(build_hash, final, meta)
 
     def remove(self, build_hash: str) -> None:
-        tree.remove(self.root / build_hash)
+        removal.remove(self.root / build_hash)
 
     def gc(self, in_use: set[str]) -> list[str]:
         """Remove every rootfs not in ``in_use`` and every dead build; return removed hashes."""
@@ -130,5 +131,5 @@ class RootfsStore:
         for path in self.root.glob(_STAGING + "*") if self.root.is_dir() else ():
             build_hash = path.name[len(_STAGING):].rsplit("-", 1)[0]
             with contextlib.suppress(BlockingIOError), self.lock(build_hash, wait=False):
-                tree.remove(path)
+                removal.remove(path)
         return removed

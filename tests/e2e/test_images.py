@@ -252,6 +252,47 @@ def test_unprivileged_user_builds_and_runs_an_image(user_world):
     assert res.stdout.decode().startswith(f"removed rootfs {entry.name[:12]}")
 
 
+def test_unprivileged_user_removes_trees_a_build_gave_to_subordinate_ids(user_world):
+    """IMG-5: a failed build's staging dir, the tree a rebuild replaces and an unused
+    rootfs all go, although they hold a directory of (and files in a directory of)
+    a subordinate uid the user cannot write as itself."""
+    pw, src = user_world
+    ws = Path(pw.pw_dir) / "proj"
+    ws.mkdir()
+    write_image(ws / "img", "v1")
+    (ws / "coop.toml").write_text(coopfile("oci:img", run=[
+        "mkdir -p /var/sub/inner && echo x > /var/sub/inner/f && echo y > /var/sub/f"
+        " && chown -R 100:100 /var/sub",
+        "test -e /etc/fail-me && exit 9; true"]))
+    subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(ws)], check=True)
+    root = Path(pw.pw_dir) / ".coop" / "rootfs"
+
+    def entries() -> list[str]:
+        return sorted(p.name for p in root.iterdir() if not p.name.endswith(".lock"))
+
+    res = as_user(pw, src, "init", cwd=ws)
+    assert res.returncode == 0, res.stderr.decode()
+    [digest] = entries()
+    sub = root / digest / "rootfs" / "var" / "sub"
+    assert sub.stat().st_uid != pw.pw_uid and (sub / "inner" / "f").stat().st_uid == sub.stat().st_uid
+    write_image(ws / "img", "bad", extra=[file("etc/fail-me")])
+    subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(ws)], check=True)
+    res = as_user(pw, src, "rebuild", cwd=ws)
+    assert res.returncode == 9, res.stderr.decode()
+    assert entries() == [digest]  # the failed build's staging dir is gone
+    write_image(ws / "img", "v2")
+    subprocess.run(["chown", "-R", f"{pw.pw_uid}:{pw.pw_gid}", str(ws)], check=True)
+    res = as_user(pw, src, "rebuild", cwd=ws)
+    assert res.returncode == 0, res.stderr.decode()
+    assert entries() == [digest]  # the replaced tree went with the exchange's staging dir
+    assert "MARKER=v2" in (root / digest / "rootfs" / "etc" / "os-release").read_text()
+    (ws / "coop.toml").write_text(coopfile("oci:img", run=["true"]))  # the rootfs is unused
+    res = as_user(pw, src, "gc", cwd=ws)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout.decode().startswith(f"removed rootfs {digest[:12]}")
+    assert entries() == []
+
+
 @pytest.mark.slow
 def test_debian_rootfs_gets_an_apt_package_through_the_sandbox(c):
     """IMG-4 on a real distribution: apt reaches its mirror with the host's DNS and
