@@ -475,25 +475,29 @@ class Supervisor:
     async def tunnel_request(self, msg: dict) -> dict:
         """Forward a tunnel command to the tunnel actor, starting it on demand.
         Only that actor imports aiortc (it is heavy). The actor exits when it
-        has had no tunnel for a while; a request racing that exit starts a new one."""
-        for attempt in (1, 2):
-            if self.tunnel_pid not in self.children:
-                if msg["cmd"] != "tunnel":
-                    return protocol.error(ErrorCode.INVALID_COMMAND, "no tunnel is running")
-                from coop.actors import tunnel
+        has had no tunnel for a while; a ``tunnel`` request racing that exit
+        starts a new one."""
+        answer = await self._ask_tunnel_actor(msg)
+        if answer is None and msg["cmd"] == "tunnel":
+            self.tunnel_pid = None
+            answer = await self._ask_tunnel_actor(msg)
+        return answer or protocol.error(ErrorCode.INTERNAL, "the tunnel actor did not answer")
 
-                pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
-                                                     "tunnel", bound=True)
-                if not answer.get("ok"):
-                    return answer
-                self.tunnel_pid = pid
-            try:
-                return await fdpass.ask(str(self.paths.tunnel_socket), msg, timeout=30)
-            except (OSError, asyncio.TimeoutError) as exc:
-                if attempt == 2 or msg["cmd"] != "tunnel":
-                    return protocol.error(ErrorCode.INTERNAL, f"tunnel actor did not answer: {exc}")
-                self.tunnel_pid = None
-        raise AssertionError("unreachable")
+    async def _ask_tunnel_actor(self, msg: dict) -> dict | None:
+        if self.tunnel_pid not in self.children:
+            if msg["cmd"] != "tunnel":
+                return protocol.error(ErrorCode.INVALID_COMMAND, "no tunnel is running")
+            from coop.actors import tunnel
+
+            pid, answer = await self.spawn_actor(lambda ready: tunnel.run(self.paths, ready),
+                                                 "tunnel", bound=True)
+            if not answer.get("ok"):
+                return answer
+            self.tunnel_pid = pid
+        try:
+            return await fdpass.ask(str(self.paths.tunnel_socket), msg, timeout=30)
+        except (OSError, asyncio.TimeoutError):
+            return None
 
     def stop_tunnels(self) -> None:
         if self.tunnel_pid in self.children:
