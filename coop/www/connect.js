@@ -16,6 +16,7 @@ import {knownMachines, rememberMachine, forgetMachine} from "./machines.js";
 import {prefs} from "./prefs.js";
 
 const GATHER_MS = 2000; // host candidates only: gathering is quick, and optional
+const POST_MS = 5000; // a coop serve takes the answer in milliseconds
 const CONNECT_MS = 5 * 60000; // TUN-5: the daemon gives up on the offer after 5 minutes
 const SEEN_EVERY_MS = 30000;
 const ADVICE = "try `coop serve` on the LAN, or forward a port";
@@ -139,6 +140,7 @@ async function postAnswer(answer, secret) {
     const response = await fetch(new URL("api/tunnel/answer", root), {
       method: "POST", credentials: "omit", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({answer, secret}),
+      signal: AbortSignal.timeout(POST_MS), // a host that never answers must not hide the code
     });
     return response.ok;
   } catch {

@@ -14,6 +14,7 @@ const DATA = 0;
 const CONTROL = 1;
 const MAX_INPUT_FRAME = 16 << 10; // interoperable DataChannel message size
 const REQUEST_TIMEOUT_MS = 30000;
+const ATTACH_TIMEOUT_MS = 10000; // an attach answers at once; a lost one is retried by the PtyStream
 const CREATE_TIMEOUT_MS = 130000; // a session start may build its rootfs first
 
 // IPC event names whose browser name differs (the WebSocket path renames them the same way)
@@ -135,7 +136,7 @@ export class RtcTransport {
     const request = {cmd: "attach", session, pty};
     if (cols && rows) Object.assign(request, {cols, rows});
     if (offset !== null && offset !== undefined) request.offset = offset;
-    this._request(request, REQUEST_TIMEOUT_MS, id).catch(() => this._end(id));
+    this._request(request, ATTACH_TIMEOUT_MS, id).catch(() => this._end(id));
     const open = () => link.channel?.readyState === "open";
     return {
       send: (bytes) => {
