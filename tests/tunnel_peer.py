@@ -20,9 +20,15 @@ from coop import envelope, protocol
 from coop.protocol import FrameDecoder, FrameType
 
 CLONE_NEWNET = 0x40000000
-NETNS_SETUP = ("ip link add v0 type veth peer name v1 && ip addr add 198.18.0.1/24 dev v0 && "
-               "ip link set v0 up && ip link set v1 up && ip link set lo up && echo ready && "
-               "exec sleep 3600")
+# Chromium drops requests in flight (ERR_NETWORK_CHANGED) when an interface or address
+# changes under it, so the namespace is settled before anyone uses it: no IPv6
+# autoconfiguration on the veth pair (lo keeps ::1), and both ends' carrier is up.
+NETNS_SETUP = ("echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6 && "
+               "ip link set lo up && ip link add v0 type veth peer name v1 && "
+               "ip addr add 198.18.0.1/24 dev v0 && ip link set v0 up && ip link set v1 up && "
+               "for i in $(seq 1000); do "
+               "ip -o link show up | grep -c 'state UP' | grep -qx 2 && break; sleep 0.005; done && "
+               "echo ready && exec sleep 3600")
 
 
 @contextlib.contextmanager

@@ -98,10 +98,7 @@ class PageWatch:
     def _console(self, message):
         # xterm.js writes <style> elements, which a strict CSP reports; the page mirrors
         # them into constructable stylesheets, so the report is expected noise.
-        # ERR_NETWORK_CHANGED: Chromium saw an interface of the test's network
-        # namespace come or go and retried; not the page's fault.
-        if message.type != "error" or "inline style" in message.text \
-                or "net::ERR_NETWORK_CHANGED" in message.text:
+        if message.type != "error" or "inline style" in message.text:
             return
         if not (self.tolerate and self.tolerate.search(message.text)):
             self.errors.append(f"console: {message.text}")

@@ -24,12 +24,6 @@ import urllib.request
 
 import pytest
 
-# FLAKE: about one run in four of this file, one Chromium page in the test-made
-# network namespace never starts the connect flow (it ends on the plain page, the
-# tunnel gets no answer); the browser also logs ERR_NETWORK_CHANGED there. Until
-# that is understood, each Chromium tunnel test may run up to three times — every
-# run that counts must pass completely.
-
 from tests.browser.harness import (
     DESKTOP,
     PHONE,
@@ -263,7 +257,6 @@ FRAMES_CUT_ANYWHERE = """
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=2)  # see FLAKE below
 def test_page_from_coop_serve_answers_by_itself_and_runs_the_ui(netns, coop, open_page):
     start_daemon(coop)
     # served on the namespace's LAN address, as for a phone: not a secure context
@@ -308,7 +301,6 @@ def test_page_from_coop_serve_answers_by_itself_and_runs_the_ui(netns, coop, ope
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=2)  # see FLAKE below
 def test_page_from_a_static_export_shows_the_code_to_paste(netns, coop, open_page, static_site):
     start_daemon(coop)
     cli = start_cli(coop, "--connect-url", static_site)
@@ -338,7 +330,6 @@ def test_page_from_a_static_export_shows_the_code_to_paste(netns, coop, open_pag
 
 
 @pytest.mark.slow
-@pytest.mark.flaky(reruns=2)  # see FLAKE below
 def test_an_answer_from_a_browser_that_left_fails_with_exit_6(netns, coop, open_page, static_site):
     start_daemon(coop, connect_timeout=8)
     cli = start_cli(coop, "--connect-url", static_site)
