@@ -79,11 +79,11 @@ class Recorder:
         self._started = self.clock()
         header = {"version": 2, "width": self.size[0], "height": self.size[1],
                   "timestamp": int(self.wallclock()), "env": {"TERM": self.term}}
-        self._write(json.dumps(header))
+        self._write(json.dumps(header) + "\n")
         self.flush()  # a new recording is a valid (empty) cast at once
 
     def _write(self, line: str) -> None:
-        encoded = (line + "\n").encode("utf-8")
+        encoded = line.encode("utf-8")
         self._pending += encoded
         self._written += len(encoded)
         if len(self._pending) >= FLUSH_AT:
@@ -96,7 +96,7 @@ class Recorder:
             self._written = 0
             self._open()
         t = self.clock() - self._started
-        self._write(f'[{t:.6f}, "{code}", {json_string(data)}]')
+        self._write(f'[{t:.6f}, "{code}", {json_string(data)}]\n')
 
     def output(self, data: bytes) -> None:
         text = self._decoder.decode(data)
