@@ -522,6 +522,9 @@ def test_terminal_renders_under_a_strict_style_policy(driver, served):
         type_into(page, 0, "printf '\\033[31mred\\033[0m\\n'\n")
         wait_line(page, 0, r"^red$")
         assert violations, "the strict policy was not in force"
+        # the buffer has the line; the renderer draws it on the next animation frame
+        wait_js(page, "[...document.querySelectorAll('.xterm-rows span')].some((s) => s.textContent === 'red')",
+                what="the red span drawn")
         style = js(page, """() => {
           const rows = document.querySelector('.xterm-rows');
           const red = [...rows.querySelectorAll('span')].find((s) => s.textContent === 'red');
