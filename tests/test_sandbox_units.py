@@ -106,25 +106,26 @@ def test_root_is_only_stopped_by_a_zero_namespace_limit():
         userns.check_userns(reader({"/proc/sys/user/max_user_namespaces": "0"}), uid=0)
 
 
-def _refused_unshare(setup: str) -> subprocess.CompletedProcess:
-    """Run userns.unshare(CLONE_NEWUSER) inside a throw-away user namespace
+def _refused_clone(setup: str) -> subprocess.CompletedProcess:
+    """Run userns.clone(CLONE_NEWUSER) inside a throw-away user namespace
     where ``setup`` (Python) makes the kernel refuse a nested one."""
     code = ("import os; from coop.sandbox import userns, syscalls\n" + setup + "\n"
-            "try:\n    userns.unshare(syscalls.CLONE_NEWUSER, 1000)\n"
+            "try:\n    pid = userns.clone(syscalls.CLONE_NEWUSER, 1000)\n"
+            "    os._exit(0) if pid == 0 else print('cloned', os.waitpid(pid, 0))\n"
             "except syscalls.SandboxError as e:\n    print(e.errno, e)\n")
     return subprocess.run(["unshare", "-Ur", sys.executable, "-c", code], capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=30,
                           check=False)
 
 
-def test_a_real_enospc_from_unshare_names_the_limit():
-    out = _refused_unshare("open('/proc/sys/user/max_user_namespaces', 'w').write('0')")
+def test_a_real_enospc_from_clone_names_the_limit():
+    out = _refused_clone("open('/proc/sys/user/max_user_namespaces', 'w').write('0')")
     assert out.stdout.startswith("28 this host forbids user namespaces "
                                  "(user.max_user_namespaces=0)"), out
 
 
-def test_a_real_eperm_from_unshare_says_user_namespaces_are_not_allowed(tmp_path):
-    out = _refused_unshare(f"os.chroot({str(tmp_path)!r})")  # chrooted: the kernel says EPERM
+def test_a_real_eperm_from_clone_says_user_namespaces_are_not_allowed(tmp_path):
+    out = _refused_clone(f"os.chroot({str(tmp_path)!r})")  # chrooted: the kernel says EPERM
     assert out.stdout.startswith("1 this host does not allow unprivileged user namespaces"), out
     assert "AppArmor profile" in out.stdout and "sysctl" in out.stdout
 

@@ -8,7 +8,7 @@ overlay's upper dir), fresh /proc, a minimal /dev, a private /tmp and the
 host's resolv.conf. Its stdin is /dev/null; its stdout and stderr are the
 caller's, so output streams live to the terminal, or go to ``on_output``.
 
-The monitor and init are those of the sessions (``coop.sandbox.init`` in
+The init is that of the sessions (``coop.sandbox.init`` in
 build mode). Ids: see ``coop.sandbox.idmap``; a map wider than one id is
 written here (by newuidmap/newgidmap when unprivileged), because the kernel
 takes it only from the parent user namespace.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from coop.image import tree
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
-from coop.sandbox import idmap, mounts, syscalls
+from coop.sandbox import idmap, mounts
 from coop.sandbox import init as sandbox_init
 from coop.sandbox.syscalls import SandboxError
 from coop.sandbox.userns import check_userns
@@ -139,15 +139,14 @@ def _write_maps(pid: int, ids: idmap.IdMap) -> None:
 
 
 class _Step:
-    """One run of the monitor: fork, answer its id-map request, relay output,
-    wait for its exit."""
+    """One run of the build init: clone it, answer its id-map request, relay
+    output, wait for its exit."""
 
     def __init__(self, cfg: sandbox_init.InitConfig, on_output: OutputCallback | None):
         self.cfg = cfg
         self.on_output = on_output
         self.decoder = FrameDecoder()
         self.error: str | None = None
-        self.init_pidfd = -1  # the init's, once it has said its pid
         self.tasks: set[asyncio.Task] = set()
 
     async def run(self) -> int:
@@ -155,10 +154,14 @@ class _Step:
         parent, child = socket.socketpair()
         out_r, out_w = os.pipe() if self.on_output else (-1, -1)
         self.cfg.sock = child
+        self.cfg.output = out_w
         try:
-            pid = os.fork()
-            if pid == 0:
-                self._child(out_w)  # never returns
+            pid = sandbox_init.start(self.cfg)  # the step ends with its caller (PDEATHSIG)
+        except BaseException:
+            parent.close()
+            if out_r >= 0:
+                os.close(out_r)
+            raise
         finally:
             child.close()
             if out_w >= 0:
@@ -182,7 +185,8 @@ class _Step:
             while self._readable():
                 pass
         except BaseException:
-            self._kill(pidfd)
+            # PID 1 killed: its whole PID namespace goes with it
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
             raise
         finally:
             loop.remove_reader(pidfd)
@@ -194,35 +198,10 @@ class _Step:
                 task.cancel()
             _, status = os.waitpid(pid, 0)  # noqa: ASYNC222 — exited, or killed just now
             os.close(pidfd)
-            if self.init_pidfd >= 0:
-                os.close(self.init_pidfd)
             parent.close()
         if self.error:
             raise SandboxError(self.error)
         return os.waitstatus_to_exitcode(status)
-
-    def _kill(self, monitor_pidfd: int) -> None:
-        """Kill the step. Killing the init empties its PID namespace before the
-        monitor (waited for next) sees it exit; killing the monitor before the
-        init is known ends the init by its PDEATHSIG."""
-        while self._readable():
-            pass  # the init's pid, if it has sent it
-        try:
-            signal.pidfd_send_signal(self.init_pidfd if self.init_pidfd >= 0 else monitor_pidfd,
-                                     signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # exited already
-
-    def _child(self, out_w: int) -> None:
-        try:
-            if out_w >= 0:
-                os.dup2(out_w, 1)
-                os.dup2(out_w, 2)
-            # The step ends with its caller (the monitor's PDEATHSIG ends the init).
-            syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")
-        except BaseException:  # noqa: BLE001 — never unwind into the caller's loop
-            os._exit(127)
-        sandbox_init.run_monitor(self.cfg)
 
     def _relay(self, fd: int, done: asyncio.Future) -> None:
         try:
@@ -238,7 +217,7 @@ class _Step:
             done.set_result(None)
 
     def _readable(self) -> bool:
-        """Handle what the monitor/init sent; False when nothing more is there now."""
+        """Handle what the init sent; False when nothing more is there now."""
         try:
             data = self.sock.recv(65536)
         except (BlockingIOError, InterruptedError):
@@ -258,18 +237,13 @@ class _Step:
     def _dispatch(self, msg: dict) -> None:
         if msg.get("t") == "error":
             self.error = str(msg.get("message", "the build sandbox failed"))
-        elif msg.get("t") == "ready" and isinstance(msg.get("pid"), int) and self.init_pidfd < 0:
-            try:  # at once, while the monitor cannot have reaped it
-                self.init_pidfd = os.pidfd_open(msg["pid"])
-            except ProcessLookupError:
-                pass
         elif msg.get("t") == "map":
             task = asyncio.ensure_future(self._map_ids())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
     async def _map_ids(self) -> None:
-        """Write the monitor's id maps from outside its user namespace."""
+        """Write the init's id maps from outside its user namespace."""
         ids = self.cfg.ids
         answer = {"op": "mapped"}
         if not ids.helpers:
@@ -299,4 +273,4 @@ class _Step:
         try:
             self.sock.sendall(encode_message(answer))
         except OSError:
-            pass  # the monitor is gone; its exit tells the rest
+            pass  # the init is gone; its exit tells the rest

@@ -1,22 +1,19 @@
-"""The sandbox's processes (SB-1, SB-6): the monitor and the init.
+"""The sandbox's init (SB-1, SB-6): PID 1 of the session's namespaces.
 
-``run_monitor`` runs in a child forked from the session actor. It closes
-everything it inherited, unshares the user, mount, PID, UTS, IPC (and net)
-namespaces, maps uid 0 inside to the invoking uid, forks the init (PID 1 of
-the new PID namespace) and waits for it: it stays outside the PID namespace
-only so that the session actor has an ordinary child to reap.
-
-Build mode (``InitConfig.command``, IMG-4): the same monitor and mounts, but
-the init runs that one command and exits with its code, and the id map may
-be wider (``coop.sandbox.idmap``); a wider map is written by the launcher,
-from the parent namespace, when the monitor asks for it.
-
-The init builds the mount table, ``pivot_root``s and then runs code already in
-memory (nothing may be imported after ``pivot_root``: with an OCI rootfs the
-host's Python files are gone; hence the imports below, ``array`` included,
-which ``socket.recv_fds`` imports lazily). It serves the launcher over a
+``start`` clones the init straight from the session actor (or the CLI, for a
+build step) into new user, mount, PID, UTS, IPC (and net) namespaces: one
+process, no interpreter start, and an ordinary child for the caller to reap.
+The init closes everything it inherited, maps uid 0 inside to the invoking
+uid (or asks its parent to write a wider map, IMG-4: ``coop.sandbox.idmap``),
+builds the mount table, ``pivot_root``s and then runs code already in memory
+(nothing may be imported after ``pivot_root``: with an OCI rootfs the host's
+Python files are gone; hence the imports below, ``array`` included, which
+``socket.recv_fds`` imports lazily). It serves the launcher over a
 socketpair: length-prefixed JSON (``coop.protocol``), descriptors by
 SCM_RIGHTS.
+
+Build mode (``InitConfig.command``, IMG-4): the same init and mounts, but it
+runs that one command and exits with its code.
 
 Capability policy: the init keeps root of the sandbox's own user namespace
 (it owns the mount, network, PID and UTS namespaces). Every process it starts
@@ -65,6 +62,7 @@ _SIOCGIFFLAGS = 0x8913
 _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _JAIL_NAMESPACES = (("user", CLONE_NEWUSER), ("mnt", CLONE_NEWNS), ("uts", CLONE_NEWUTS))
+_JAIL_FLAGS = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS
 
 
 @dataclass
@@ -80,48 +78,25 @@ class InitConfig:
     gid: int
     command: dict | None = None  # build mode: {"argv", "env", "cwd"} run once by the init
     ids: idmap.IdMap | None = None  # None: root inside = uid/gid, nothing else
+    output: int = -1  # build mode: the init's (and so the command's) stdout and stderr
 
 
-# -- the monitor (host PID namespace) ----------------------------------------------
+# -- the start (the caller's side) -------------------------------------------------
 
 
-def run_monitor(cfg: InitConfig) -> None:
-    """Never returns: exits with the init's exit code."""
-    code = 1
-    # A collection would touch (and so copy) every object inherited from the
-    # session actor; the monitor and the init only ever need their own.
-    gc.freeze()
-    try:
-        signal.set_wakeup_fd(-1)
-        reset_signals()
-        _close_all_but(cfg.sock.fileno())
-        flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
-        if cfg.network != "host":
-            flags |= CLONE_NEWNET
-        userns.unshare(flags, cfg.uid)
-        ids = cfg.ids or idmap.single(cfg.uid, cfg.gid)
-        if ids.by_parent:
-            _mapped_by_launcher(cfg.sock)
-        else:
-            _write_id_maps("self", ids)
-        pid = os.fork()
-        if pid == 0:
-            _init_main(cfg)
-        cfg.sock.close()
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-                code = os.waitstatus_to_exitcode(status)
-                break
-            except InterruptedError:
-                continue
-    except BaseException as exc:  # noqa: BLE001 — report, never unwind into the actor
-        _report_failure(cfg.sock, exc)
-    os._exit(code if code >= 0 else 128 - code)
+def start(cfg: InitConfig) -> int:
+    """Clone the init; its pid (in the caller's PID namespace). Raises SandboxError."""
+    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWUTS | CLONE_NEWIPC
+    if cfg.network != "host":
+        flags |= CLONE_NEWNET
+    pid = userns.clone(flags, cfg.uid)
+    if pid == 0:
+        _init_main(cfg)  # never returns
+    return pid
 
 
 def _close_all_but(keep: int) -> None:
-    """Drop every descriptor inherited from the session actor but stdio and ``keep``."""
+    """Drop every descriptor inherited from the caller but stdio and ``keep``."""
     os.closerange(3, keep)  # close_range(2): no per-fd work
     os.closerange(keep + 1, 1 << 30)
 
@@ -168,32 +143,48 @@ def _report_failure(sock: socket.socket, exc: BaseException) -> None:
 
 
 def _init_main(cfg: InitConfig) -> None:
+    # A collection would touch (and so copy) every object inherited from the
+    # caller; the init only ever needs its own.
+    gc.freeze()
     try:
-        host_pid = int(os.readlink("/proc/self"))  # still the host's /proc
+        # The caller's end goes: the init goes (its socket's EOF would end it anyway).
         syscalls.prctl(syscalls.PR_SET_PDEATHSIG, signal.SIGKILL, "PR_SET_PDEATHSIG")
+        signal.set_wakeup_fd(-1)
+        reset_signals()
+        if cfg.output >= 0:
+            os.dup2(cfg.output, 1)
+            os.dup2(cfg.output, 2)
+        _close_all_but(cfg.sock.fileno())
+        ids = cfg.ids or idmap.single(cfg.uid, cfg.gid)
+        if ids.by_parent:
+            _mapped_by_launcher(cfg.sock)
+        else:
+            _write_id_maps("self", ids)
         MountTable(cfg.state_dir).run(cfg.ops)
         syscalls.sethostname(cfg.name)
         fds = []
         if cfg.network != "host":
             _loopback_up()
         if cfg.command is not None:
-            cfg.sock.sendall(encode_message({"t": "ready", "pid": host_pid}))
             _run_once(cfg.command)  # never returns
         if cfg.network == "veth":
             try:
                 network.block_private_ranges_in_current_netns()
             except OSError as exc:
                 raise SandboxError(f"veth: {exc.strerror or exc}") from None
+            # for slirp4netns, which joins them from outside
+            fds += [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+                    for kind in ("user", "net")]
         if cfg.network == "proxy":
             fds.append(_proxy_listener())
         # Not even a process of the same uid may ptrace the init or read its fds.
         syscalls.prctl(syscalls.PR_SET_DUMPABLE, 0, "PR_SET_DUMPABLE")
         init = Init(cfg.sock)
-        init.send({"t": "ready", "pid": host_pid, "proxy_port": PROXY_PORT if fds else None},
+        init.send({"t": "ready", "proxy_port": PROXY_PORT if cfg.network == "proxy" else None},
                   fds)
         for fd in fds:
             os.close(fd)
-    except BaseException as exc:  # noqa: BLE001
+    except BaseException as exc:  # noqa: BLE001 — report, never unwind into the caller's code
         _report_failure(cfg.sock, exc)
         os._exit(1)
     init.serve()
@@ -361,10 +352,10 @@ class Init:
             os.close(master)
 
     def _fork_child(self, msg: dict, stdio: list[int], pty: bool) -> int:
-        """Fork the process. The first one creates the nested namespaces (the
+        """Start the process. The first one is born in the nested namespaces (the
         jail) and waits until the init holds them; later ones join them."""
         sync = () if self.jail else os.pipe() + os.pipe()
-        pid = os.fork()
+        pid = syscalls.clone(0 if self.jail else _JAIL_FLAGS)
         if pid == 0:
             self._child(msg, stdio, pty, sync)
         if sync:
@@ -414,7 +405,6 @@ class Init:
             # Non-dumpable (inherited from the init) would make our /proc files
             # root's, closing uid_map to us and /proc/PID/ns to the init.
             syscalls.prctl(syscalls.PR_SET_DUMPABLE, 1, "PR_SET_DUMPABLE")
-            syscalls.unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWUTS)
             _write_id_maps("self", idmap.single(0, 0))
         except SandboxError as exc:
             os.write(made_w, str(exc).encode()[:4000])

@@ -1,6 +1,6 @@
 """The sandbox launcher (SB-1..SB-9): the session actor's side of the sandbox.
 
-``start()`` forks the monitor/init (``coop.sandbox.init``) straight from the
+``start()`` clones the init (``coop.sandbox.init``) straight from the
 running session actor, so no interpreter starts. Afterwards every request
 goes to the init over a socketpair and every PTY master or pipe crosses it by
 SCM_RIGHTS.
@@ -93,8 +93,7 @@ class SandboxLauncher(Launcher):
         self._ready: asyncio.Future | None = None
         self._gone: asyncio.Event | None = None
         self._children: set[int] = set()
-        self._monitor = 0  # host pid of our child, the monitor
-        self._init_pid = 0  # host pid of the init
+        self._init_pid = 0  # host pid of the init, our child
         self._init_pidfd = -1  # so a late SIGKILL can never hit a recycled pid
         self._proxy_port: int | None = None
         self._network = None  # the veth handle or the egress proxy
@@ -120,14 +119,13 @@ class SandboxLauncher(Launcher):
         cfg = sandbox_init.InitConfig(spec.name, ops, os.path.abspath(spec.state_dir), child,
                                       spec.network, os.geteuid(), os.getegid())
         try:
-            self._monitor = os.fork()
-            if self._monitor == 0:
-                sandbox_init.run_monitor(cfg)  # never returns
-        except OSError:
+            self._init_pid = sandbox_init.start(cfg)
+        except BaseException:
             parent.close()
             raise
         finally:
             child.close()
+        self._init_pidfd = os.pidfd_open(self._init_pid)
         parent.setblocking(False)
         self._sock = parent
         self._gone = asyncio.Event()
@@ -135,8 +133,6 @@ class SandboxLauncher(Launcher):
         loop.add_reader(parent, self._readable)
         try:
             ready = await asyncio.wait_for(self._ready, START_TIMEOUT)
-            self._init_pid = ready["pid"]
-            self._init_pidfd = os.pidfd_open(self._init_pid)
             await self._attach(ready)
         except BaseException as exc:
             await self._teardown(0.0)
@@ -173,9 +169,8 @@ class SandboxLauncher(Launcher):
         self._limits = limits.Limits(self.spec.limits, self.spec.name, on_event=self.on_event)
         self._limits.apply(self._init_pid)
         if self.spec.network == "veth":
-            # The monitor shares the init's user and network namespaces; unlike
-            # the (non-dumpable) init, its /proc/PID/ns is open to our uid.
-            self._network = await network.start_veth(self._monitor, self.on_event)
+            # the init's user and network namespaces, which it sent along
+            self._network = await network.start_veth(tuple(self._take_fds(2)), self.on_event)
         elif self.spec.network == "proxy":
             self._proxy_port = ready["proxy_port"]
             listener = socket.socket(fileno=self._take_fds(1)[0])
@@ -359,19 +354,10 @@ class SandboxLauncher(Launcher):
             if not await _exited(self._init_pidfd, grace + 5.0):
                 signal.pidfd_send_signal(self._init_pidfd, signal.SIGKILL)
                 await _exited(self._init_pidfd, None)
+            # A zombie by now: WNOHANG collects it without blocking the loop.
+            os.waitid(os.P_PIDFD, self._init_pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
             os.close(self._init_pidfd)
             self._init_pidfd = -1
-        if self._monitor > 0:  # exits right after the init, or kills it (PDEATHSIG)
-            pidfd = os.pidfd_open(self._monitor)
-            try:
-                if not await _exited(pidfd, 5.0):
-                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                    await _exited(pidfd, None)
-                # A zombie by now: WNOHANG collects it without blocking the loop.
-                os.waitid(os.P_PIDFD, pidfd, os.WEXITED | os.WNOHANG)  # noqa: ASYNC222
-            finally:
-                os.close(pidfd)
-            self._monitor = 0
         if self._sock is not None:
             while not self._gone.is_set() and self._readable():
                 pass  # the exits the init reported on its way out

@@ -108,14 +108,16 @@ class VethHandle:
             await self._drain
 
 
-async def start_veth(init_pid: int, on_event: EventCallback) -> VethHandle:
-    """Attach slirp4netns to the network namespace of ``init_pid``, from
-    inside its user namespace, and wait until it has configured ``tap0``
-    (address, default route)."""
+async def start_veth(namespaces: tuple[int, int], on_event: EventCallback) -> VethHandle:
+    """Attach slirp4netns to a session's network namespace, from inside its user
+    namespace (``namespaces``: descriptors of both, taken over and closed here),
+    and wait until it has configured ``tap0`` (address, default route)."""
+    userns_fd, netns_fd = namespaces
     tool = shutil.which("slirp4netns")
     if tool is None:
+        os.close(userns_fd)
+        os.close(netns_fd)
         raise LaunchError(MISSING_TOOL)
-    userns_fd, netns_fd = _open_namespaces(init_pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
     argv = [
@@ -161,21 +163,6 @@ def failure_cause(stderr: str) -> str:
     telling = [line for line in lines if not line.startswith("WARNING")
                and not line.startswith(("child failed", "parent failed"))]
     return (telling or lines or ["no message"])[-1]
-
-
-def _open_namespaces(pid: int) -> tuple[int, int]:
-    """Descriptors of the user and network namespaces of ``pid``: held from
-    here on, they stay the session's even if ``pid`` exits and is reused."""
-    opened: list[int] = []
-    try:
-        for kind in ("user", "net"):
-            opened.append(os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC))
-    except OSError as exc:
-        for fd in opened:
-            os.close(fd)
-        raise LaunchError(f"cannot start slirp4netns: the session's {kind} namespace: "
-                          f"{exc.strerror}") from None
-    return opened[0], opened[1]
 
 
 async def _read_byte(fd: int, timeout: float) -> bytes | None:

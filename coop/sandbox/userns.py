@@ -69,11 +69,11 @@ def check_userns(read: Reader = read_sysctl, uid: int | None = None) -> None:
         raise SandboxError(denied_message(setting))
 
 
-def unshare(flags: int, uid: int, read: Reader = read_sysctl) -> None:
-    """unshare(2); when the kernel refuses the user namespace (EPERM from a
+def clone(flags: int, uid: int, read: Reader = read_sysctl) -> int:
+    """``syscalls.clone``; when the kernel refuses the user namespace (EPERM from a
     policy, ENOSPC from a zero limit), the SB-9 message instead of the errno."""
     try:
-        syscalls.unshare(flags)
+        return syscalls.clone(flags)
     except SandboxError as exc:
         if flags & CLONE_NEWUSER and exc.errno in (errno.EPERM, errno.ENOSPC):
             raise SandboxError(denied_message(blocking_setting(read, uid)), exc.errno) from None
