@@ -130,6 +130,38 @@ def test_a_real_eperm_from_clone_says_user_namespaces_are_not_allowed(tmp_path):
     assert "AppArmor profile" in out.stdout and "sysctl" in out.stdout
 
 
+# -- clone(2) -----------------------------------------------------------------------------
+
+CLONE_SCRIPT = """
+import os, sys, threading
+from coop.sandbox import syscalls
+if sys.argv[1] == "threaded":
+    stop = threading.Event()
+    threading.Thread(target=stop.wait).start()
+r, w = os.pipe()
+pid = syscalls.clone(syscalls.CLONE_NEWUSER | syscalls.CLONE_NEWPID)
+if pid == 0:
+    os.write(w, f"{os.getpid()} {threading.active_count()}".encode())
+    os._exit(7)
+os.close(w)
+print(os.read(r, 100).decode(), os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+if sys.argv[1] == "threaded":
+    stop.set()
+"""
+
+
+@pytest.mark.parametrize("threads", ["single", "threaded"])
+def test_clone_starts_pid_1_of_a_new_namespace_that_the_caller_reaps(threads):
+    """SB-1: the init is born as PID 1, runs Python on (with a live thread in the
+    caller too: the interpreter's fork hooks leave the child one thread) and is
+    the caller's child to reap."""
+    out = subprocess.run([sys.executable, "-c", CLONE_SCRIPT, threads], capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=30,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "7"]
+
+
 # -- syscall error lines ----------------------------------------------------------------
 
 
