@@ -16,7 +16,7 @@ from typing import Protocol
 
 from coop.attention import WAITING, Attention
 from coop.launcher import PtyChild, set_winsize
-from coop.recording import Recorder
+from coop.recorder import RecorderProcess
 from coop.scrollback import Scrollback
 
 READ_SIZE = 65536
@@ -64,8 +64,7 @@ class Console:
         self.attention = Attention(attention_quiet_ms)  # BYD-2
         self._on_attention = on_attention
         self._attention_timer: asyncio.TimerHandle | None = None
-        self.recorder: Recorder | None = None  # BYD-3
-        self._rec_flush: asyncio.TimerHandle | None = None
+        self.recorder: RecorderProcess | None = None  # BYD-3
 
     # -- process ------------------------------------------------------------
 
@@ -135,8 +134,6 @@ class Console:
         self.scrollback.append(data)
         if self.recorder:
             self.recorder.output(data)
-            if self._rec_flush is None:  # what was recorded is on disk within a second
-                self._rec_flush = self._loop.call_later(1.0, self._flush_recording)
         changed = self.attention.feed(data)
         if changed:
             self._on_attention(self, changed)
@@ -162,20 +159,15 @@ class Console:
 
     def start_recording(self, directory) -> None:
         if self.recorder is None:
-            self.recorder = Recorder(directory, self.id, *self.size)
+            self.recorder = RecorderProcess(directory, self.id, *self.size)
 
-    def _flush_recording(self) -> None:
-        self._rec_flush = None
-        if self.recorder:
-            self.recorder.flush()
-
-    def stop_recording(self) -> None:
-        if self._rec_flush:
-            self._rec_flush.cancel()
-            self._rec_flush = None
-        if self.recorder:
-            self.recorder.close()
-            self.recorder = None
+    def stop_recording(self) -> asyncio.Future | None:
+        """End the recording; the future is done once all of it is on disk."""
+        if self.recorder is None:
+            return None
+        recorder, self.recorder = self.recorder, None
+        recorder.close()
+        return recorder.ended
 
     @property
     def display_state(self) -> str:
@@ -263,12 +255,13 @@ class Console:
         if self.recorder:
             self.recorder.resize(cols, rows)
 
-    def close(self) -> None:
-        """The console is going away: timers and recording end."""
+    def close(self) -> asyncio.Future | None:
+        """The console is going away: timers and recording end (the future:
+        ``stop_recording``'s)."""
         if self._attention_timer:
             self._attention_timer.cancel()
             self._attention_timer = None
-        self.stop_recording()
+        return self.stop_recording()
 
     def end_clients(self) -> None:
         for client in list(self.clients):

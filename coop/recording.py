@@ -30,24 +30,29 @@ _COMMON_ESCAPES = ((b"\\", b"\\\\"), (b'"', b'\\"'), (b"\n", b"\\n"), (b"\r", b"
 _RARE_CONTROLS = tuple(bytes([c]) for c in range(32) if c not in b"\n\r\t\x1b\b")
 
 
-def json_string(text: str) -> bytes:
-    """``text`` as a JSON string literal in UTF-8: ``json.dumps(text, ensure_ascii=False)``,
-    encoded. ``text`` holds no lone surrogates (it comes from a UTF-8 decoder)."""
+def json_escape(text: str) -> bytes:
+    """The inside of ``text``'s JSON string literal in UTF-8: ``json.dumps(text,
+    ensure_ascii=False)`` without its quotes, encoded. ``text`` holds no lone
+    surrogates (it comes from a UTF-8 decoder)."""
     raw = text.encode("utf-8")
     for c in _RARE_CONTROLS:
         if c in raw:
-            return encode_basestring(text).encode("utf-8")
+            return encode_basestring(text)[1:-1].encode("utf-8")
     for plain, escaped in _COMMON_ESCAPES:
         if plain in raw:
             raw = raw.replace(plain, escaped)
-    return b'"' + raw + b'"'
+    return raw
 
 
 class Recorder:
+    """Writes one PTY's recording. Event times are ``clock()`` when the event is
+    written, or the ``at`` given (same clock) when the bytes were seen earlier;
+    ``started``: the recording's time zero, when not now."""
+
     def __init__(self, directory: Path, pty: int, cols: int, rows: int, *,
                  cap: int = DEFAULT_CAP, term: str = "xterm-256color",
                  clock: Callable[[], float] = time.monotonic,
-                 wallclock: Callable[[], float] = time.time):
+                 wallclock: Callable[[], float] = time.time, started: float | None = None):
         self.directory = Path(directory)
         self.pty = pty
         self.size = (cols, rows)
@@ -62,13 +67,13 @@ class Recorder:
         self._part = 0
         self._started = 0.0
         self._stem = f"{pty}-{int(wallclock())}"
-        self._open()
+        self._open(clock() if started is None else started)
 
     @property
     def path(self) -> Path:
         return self.directory / f"{self._stem}-{self._part:03d}.cast"
 
-    def _open(self) -> None:
+    def _open(self, started: float) -> None:
         """The next free part (never overwrite, never follow a planted link)."""
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -79,7 +84,7 @@ class Recorder:
             except FileExistsError:
                 self._part += 1
         self._fd = fd
-        self._started = self.clock()
+        self._started = started
         header = {"version": 2, "width": self.size[0], "height": self.size[1],
                   "timestamp": int(self.wallclock()), "env": {"TERM": self.term}}
         self._write(json.dumps(header).encode() + b"\n")
@@ -92,24 +97,25 @@ class Recorder:
         if len(self._pending) >= FLUSH_AT:
             self.flush()
 
-    def _event(self, code: bytes, data: str) -> None:
+    def _event(self, code: bytes, data: str, at: float | None) -> None:
+        at = self.clock() if at is None else at
         if self._written >= self.cap:
             self._close_part()
             self._part += 1
             self._written = 0
-            self._open()
-        t = self.clock() - self._started
-        self._write(b'[%.6f, "%s", ' % (t, code), json_string(data), b"]\n")
+            self._open(at)
+        self._write(b'[%.6f, "%s", "' % (max(0.0, at - self._started), code),
+                    json_escape(data), b'"]\n')
 
-    def output(self, data: bytes) -> None:
+    def output(self, data: bytes, at: float | None = None) -> None:
         text = self._decoder.decode(data)
         if text:
-            self._event(b"o", text)
+            self._event(b"o", text, at)
 
-    def resize(self, cols: int, rows: int) -> None:
+    def resize(self, cols: int, rows: int, at: float | None = None) -> None:
         if (cols, rows) != self.size:
             self.size = (cols, rows)
-            self._event(b"r", f"{cols}x{rows}")
+            self._event(b"r", f"{cols}x{rows}", at)
 
     def flush(self) -> None:
         with memoryview(self._pending) as pending:
@@ -127,7 +133,7 @@ class Recorder:
         if self._fd >= 0:
             tail = self._decoder.decode(b"", final=True)
             if tail:
-                self._event(b"o", tail)
+                self._event(b"o", tail, None)
             self._close_part()
 
 

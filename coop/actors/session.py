@@ -29,6 +29,7 @@ from coop.protocol import ErrorCode
 
 CRASH_WINDOW = 2.0  # DMN-7: an agent exiting this soon after start counts as a crash
 CRASH_LIMIT = 5
+RECORDING_TIMEOUT = 10.0  # how long a kill waits for the recorders to write what they hold
 
 
 def exit_status_text(code: int) -> str:
@@ -325,8 +326,9 @@ class Session:
                                "reason": "session killed"})
             console.end_clients()
         await self.launcher.stop(0 if force else 5.0)
-        for console in self.consoles.values():
-            console.close()
+        recordings = [end for console in self.consoles.values() if (end := console.close())]
+        if recordings:  # complete on disk when the kill returns
+            await asyncio.wait(recordings, timeout=RECORDING_TIMEOUT)
         log("killed")
         self.done.set()
 

@@ -1,6 +1,10 @@
 """BYD-2 attention and BYD-3 recording, through real daemons and real programs."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -85,6 +89,49 @@ def test_recording_is_valid_asciicast_and_replays_the_same_bytes(coop):
     res = coop.run("rec", "play", "proj", "--speed", "100")
     assert res.returncode == 0 and res.stdout == out.encode()
     assert res.stdout.startswith(seen) and b"process exited" in res.stdout[len(seen):]
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            found += [int(child) for child in f.read().split()]
+    return found
+
+
+def test_a_kill_returns_with_the_recording_complete(coop):
+    """BYD-3: a kill returns only once the recorder process has written everything,
+    up to the exit notice, even when it is slow (here: stopped)."""
+    start_agent(coop, "yes 0123456789abcdef | head -c 5000000; echo END-$((1+1)); exec sleep 100",
+                extra='record = true\n[network]\nmode = "none"\n')
+    rec = coop.state / "sessions" / "proj" / "rec"
+
+    def recorded() -> str:
+        return "".join(e[2] for p in sorted(rec.glob("*.cast")) for e in recording.read_cast(p)[1])
+
+    wait_for(lambda: "END-2" in recorded(), what="the output recorded")
+    actor = coop.session("proj")["pid"]
+
+    def ours(pid):  # forked from the actor and in its PID namespace: not the sandbox's init
+        return all(os.readlink(f"/proc/{pid}/{link}") == os.readlink(f"/proc/{actor}/{link}")
+                   for link in ("exe", "ns/pid"))
+
+    (recorder,) = [c for c in children(actor) if ours(c)]
+    (init,) = [c for c in children(actor) if not ours(c)]
+    os.kill(recorder, signal.SIGSTOP)
+    try:
+        kill = subprocess.Popen([sys.executable, "-m", "coop", "kill", "-f", "proj"], env=coop.env,
+                                cwd=coop.home, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        coop.procs.append(kill)
+        wait_for(lambda: not os.path.exists(f"/proc/{init}"), what="the sandbox gone")
+        with pytest.raises(subprocess.TimeoutExpired):
+            kill.wait(2)  # held by the stopped recorder
+    finally:
+        os.kill(recorder, signal.SIGCONT)
+    assert kill.wait(30) == 0, kill.stderr.read()
+    events = [e for p in sorted(rec.glob("*.cast")) for e in recording.read_cast(p)[1]]
+    assert "process exited" in events[-1][2]
+    assert recorded().startswith("0123456789abcdef\r\n" * 1000)
 
 
 def test_rec_play_speed(coop):

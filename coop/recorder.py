@@ -1,0 +1,247 @@
+"""A PTY's asciicast recording written by a process of its own (BYD-3).
+
+Turning terminal output into JSON costs about as much CPU per byte as
+everything else the session actor does with it; in the actor it would slow
+every client of the session. So the actor only timestamps each chunk and
+hands it through a pipe, and a process forked for the recording escapes and
+writes it (``coop.recording.Recorder``), on another core when there is one.
+
+The pipe carries records: a header ``<kind u8, time f64, length u32>`` (time:
+``time.monotonic()`` when the actor saw the bytes, so the recorder's own delay
+never shows in the timing), then ``length`` bytes: output, or ``<cols u16,
+rows u16>`` for a resize. The recorder lets a burst gather in the pipe and
+writes it as few events (``merge_output``); what it recorded is on disk within
+``FLUSH_DELAY``. The actor never waits for the recorder while the
+pipe has room; what does not fit waits in a backlog, and a backlog past
+``BACKLOG_LIMIT`` (a recorder stopped or stuck) is written blocking: the
+session slows down rather than lose recorded bytes. If the actor dies, the
+recorder still writes everything it was sent, then exits at the pipe's EOF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import gc
+import os
+import select
+import signal
+import struct
+import time
+from pathlib import Path
+
+from coop.launcher import reset_signals
+from coop.log import log
+from coop.recording import Recorder
+
+OUTPUT, RESIZE = 0, 1
+_HEADER = struct.Struct("<BdI")
+_SIZE = struct.Struct("<HH")
+PIPE_SIZE = 1 << 20
+BACKLOG_LIMIT = 8 << 20
+MERGE_WINDOW = 0.005  # output this close to an event's start joins that event
+MERGE_LIMIT = 256 << 10
+FLUSH_DELAY = 1.0
+_F_SETPIPE_SZ = 1031
+
+
+class RecordDecoder:
+    """Sans-I/O: pipe bytes in, ``(kind, time, payload)`` records out. Payloads are
+    views of the fed bytes where they can be (valid until the next ``feed``):
+    a recording moves every byte of the PTY's output through here."""
+
+    def __init__(self):
+        self._rest = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, float, memoryview]]:
+        if self._rest:
+            data = self._rest + data
+        view = memoryview(data)
+        records = []
+        pos = 0
+        while len(data) - pos >= _HEADER.size:
+            kind, at, length = _HEADER.unpack_from(data, pos)
+            end = pos + _HEADER.size + length
+            if end > len(data):
+                break
+            records.append((kind, at, view[pos + _HEADER.size:end]))
+            pos = end
+        self._rest = bytes(view[pos:])
+        return records
+
+
+def merge_output(records, window: float = MERGE_WINDOW, limit: int = MERGE_LIMIT):
+    """Consecutive output records less than ``window`` seconds after the first of
+    their run become one (at the first's time, up to ``limit`` bytes): a busy PTY
+    is read in ~4 KiB pieces, and each event costs the same fixed work on top
+    of its bytes. Replay timing moves by less than ``window``."""
+    run: list = []
+    run_at = 0.0
+    size = 0
+    for kind, at, payload in records:
+        if run and (kind != OUTPUT or at - run_at >= window or size + len(payload) > limit):
+            yield OUTPUT, run_at, b"".join(run)
+            run = []
+        if kind != OUTPUT:
+            yield kind, at, payload
+            continue
+        if not run:
+            run_at, size = at, 0
+        run.append(payload)
+        size += len(payload)
+    if run:
+        yield OUTPUT, run_at, b"".join(run)
+
+
+class RecorderProcess:
+    """The actor's end: same calls as a ``Recorder``, served by a forked process."""
+
+    def __init__(self, directory: Path, pty: int, cols: int, rows: int, *,
+                 backlog_limit: int = BACKLOG_LIMIT):
+        self.backlog_limit = backlog_limit
+        self._backlog = bytearray()
+        self._loop = asyncio.get_running_loop()
+        self.ended = self._loop.create_future()  # done once the process has written all and exited
+        started = time.monotonic()
+        read_end, self._fd = os.pipe()
+        try:
+            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
+        except OSError:
+            pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB, a larger backlog
+        self.pid = os.fork()
+        if self.pid == 0:
+            _recorder_main(read_end, Path(directory), pty, cols, rows, started)  # never returns
+        os.close(read_end)
+        os.set_blocking(self._fd, False)
+        self._pidfd = os.pidfd_open(self.pid)
+
+    def output(self, data: bytes) -> None:
+        self._send(OUTPUT, data)
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._send(RESIZE, _SIZE.pack(cols, rows))
+
+    def close(self) -> None:
+        """Send what is left, end the pipe; the process exits once it has written
+        everything and is reaped then."""
+        if self._fd < 0:
+            return
+        if self._backlog:
+            self._loop.remove_writer(self._fd)
+            self._write_blocking()
+        os.close(self._fd)
+        self._fd = -1
+        self._loop.add_reader(self._pidfd, self._reap)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _send(self, kind: int, payload: bytes) -> None:
+        if self._fd < 0:
+            return
+        head = _HEADER.pack(kind, time.monotonic(), len(payload))
+        if self._backlog:
+            self._backlog += head
+            self._backlog += payload
+            if len(self._backlog) > self.backlog_limit:
+                self._loop.remove_writer(self._fd)
+                self._write_blocking()
+            return
+        try:
+            sent = os.writev(self._fd, [head, payload])
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the recorder died: nothing can be written any more
+            self._gone(exc)
+            return
+        if sent < len(head) + len(payload):
+            self._backlog += (head + payload)[sent:]
+            self._loop.add_writer(self._fd, self._drain)
+
+    def _drain(self) -> None:
+        try:
+            sent = os.write(self._fd, self._backlog)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self._gone(exc)
+            return
+        del self._backlog[:sent]
+        if not self._backlog:
+            self._loop.remove_writer(self._fd)
+
+    def _write_blocking(self) -> None:
+        os.set_blocking(self._fd, True)
+        try:
+            with memoryview(self._backlog) as pending:
+                done = 0
+                while done < len(pending):
+                    done += os.write(self._fd, pending[done:])
+        except OSError as exc:
+            self._gone(exc)
+            return
+        finally:
+            if self._fd >= 0:
+                os.set_blocking(self._fd, False)
+        del self._backlog[:]
+
+    def _gone(self, exc: OSError) -> None:
+        log(f"recording of pty stopped: the recorder process is gone ({exc.strerror})")
+        self._loop.remove_writer(self._fd)
+        os.close(self._fd)
+        self._fd = -1
+        self._backlog = bytearray()
+        self._loop.add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        self._loop.remove_reader(self._pidfd)
+        try:
+            os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            pass
+        os.close(self._pidfd)
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+
+def _recorder_main(fd: int, directory: Path, pty: int, cols: int, rows: int,
+                   started: float) -> None:
+    """The forked recorder: records from ``fd`` into the cast until EOF, then exit."""
+    code = 0
+    gc.freeze()  # never copy the actor's heap by collecting it
+    try:
+        signal.set_wakeup_fd(-1)
+        reset_signals()
+        os.closerange(3, fd)
+        os.closerange(fd + 1, 1 << 30)
+        os.set_blocking(fd, False)
+        recorder = Recorder(directory, pty, cols, rows, started=started)
+        decoder = RecordDecoder()
+        flush_at = None  # what was recorded is on disk within FLUSH_DELAY
+        while True:
+            try:
+                data = os.read(fd, PIPE_SIZE)
+            except BlockingIOError:
+                wait = None if flush_at is None else max(0.0, flush_at - time.monotonic())
+                if select.select([fd], [], [], wait)[0]:
+                    time.sleep(MERGE_WINDOW)  # let the burst gather: one pass over many reads
+                else:
+                    recorder.flush()
+                    flush_at = None
+                continue
+            if not data:
+                break
+            for kind, at, payload in merge_output(decoder.feed(data)):
+                if kind == OUTPUT:
+                    recorder.output(payload, at)
+                elif kind == RESIZE:
+                    recorder.resize(*_SIZE.unpack(payload), at)
+            if flush_at is None:
+                flush_at = time.monotonic() + FLUSH_DELAY
+        recorder.close()
+    except BaseException as exc:  # noqa: BLE001 — never unwind into the actor's code
+        try:
+            os.write(2, f"coop: recorder for pty {pty}: {exc}\n".encode())
+        except OSError:
+            pass
+        code = 1
+    os._exit(code)
