@@ -225,7 +225,10 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
         while True:
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = sock.recv(262144)
+                    try:
+                        data = sock.recv(262144)
+                    except ConnectionResetError:
+                        data = b""
                     if not data:
                         raise StreamEnded(0)
                     for payload in conn.decoder.feed(data):
@@ -338,16 +341,22 @@ def run_exec(conn: Connection) -> int:
             pending = []
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = sock.recv(262144)
+                    try:
+                        data = sock.recv(262144)
+                    except ConnectionResetError:
+                        data = b""
                     if not data:
                         raise ClientError("the session closed the command's stream", 1)
                     pending.extend(conn.decoder.feed(data))
                 else:
                     data = os.read(stdin, 65536)
-                    if data:
-                        sock.sendall(protocol.encode_frame(FrameType.DATA, data))
-                    else:
+                    frame = protocol.encode_frame(FrameType.DATA, data) if data else \
+                        protocol.encode_control({"type": "eof"})
+                    try:
+                        sock.sendall(frame)
+                    except (BrokenPipeError, ConnectionResetError):
+                        data = b""  # the command is done with its input: its exit is on its way
+                    if not data:
                         sel.unregister(stdin)
-                        sock.sendall(protocol.encode_control({"type": "eof"}))
     finally:
         sel.close()
