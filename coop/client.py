@@ -225,10 +225,7 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
         while True:
             for key, _ in sel.select():
                 if key.data == "sock":
-                    try:
-                        data = sock.recv(262144)
-                    except ConnectionResetError:
-                        data = b""
+                    data = _receive(sock)
                     if not data:
                         raise StreamEnded(0)
                     for payload in conn.decoder.feed(data):
@@ -316,6 +313,15 @@ def _await_detach(conn: Connection, stdout: int, session: str) -> None:
         return
 
 
+def _receive(sock: socket.socket) -> bytes:
+    """What the session sent; b"" once it has closed the stream (a reset, too:
+    what it sent before closing has been read by then)."""
+    try:
+        return sock.recv(262144)
+    except ConnectionResetError:
+        return b""
+
+
 def run_exec(conn: Connection) -> int:
     """BYD-6: relay stdin, stdout and stderr; the exit code is the command's."""
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
@@ -341,10 +347,7 @@ def run_exec(conn: Connection) -> int:
             pending = []
             for key, _ in sel.select():
                 if key.data == "sock":
-                    try:
-                        data = sock.recv(262144)
-                    except ConnectionResetError:
-                        data = b""
+                    data = _receive(sock)
                     if not data:
                         raise ClientError("the session closed the command's stream", 1)
                     pending.extend(conn.decoder.feed(data))

@@ -17,6 +17,7 @@ from typing import Callable
 
 from coop import protocol
 from coop.filter import BLOCK_NOTICE, CTRL_C_NOTICE, InputFilter
+from coop.launcher import read_ready
 from coop.log import log
 from coop.protocol import FrameType
 
@@ -220,12 +221,9 @@ class ExecClient(asyncio.Protocol):
         os.set_blocking(self.child.stdin_fd, False)
 
     def _pump(self, fd: int, kind: FrameType) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             self.transport.write(protocol.encode_frame(kind, data))
             return

@@ -100,6 +100,17 @@ def exec_child(argv: list[str], env: dict[str, str], cwd: str) -> None:
     os._exit(127)
 
 
+def read_ready(fd: int) -> bytes | None:
+    """What a non-blocking pipe holds now: None when nothing yet, b"" at its end
+    (or on a read error: either way its writer is gone)."""
+    try:
+        return os.read(fd, 65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def reset_signals() -> None:
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD,
                 signal.SIGPIPE, signal.SIGWINCH, signal.SIGQUIT, signal.SIGTSTP):

@@ -27,7 +27,7 @@ import socket
 import sys
 import time
 
-from coop.launcher import LaunchError
+from coop.launcher import LaunchError, read_ready
 from coop.sandbox.launcher import SandboxLauncher, SandboxSpec
 
 TIMEOUT = 20.0
@@ -128,12 +128,9 @@ async def read_all(fd: int) -> str:
     done = loop.create_future()
 
     def readable() -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             chunks.append(data)
         elif not done.done():

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from coop.image import tree
+from coop.launcher import read_ready
 from coop.protocol import FrameDecoder, ProtocolError, decode_json, encode_message
 from coop.sandbox import idmap, mounts
 from coop.sandbox import init as sandbox_init
@@ -204,12 +205,9 @@ class _Step:
         return os.waitstatus_to_exitcode(status)
 
     def _relay(self, fd: int, done: asyncio.Future) -> None:
-        try:
-            data = os.read(fd, 65536)
-        except BlockingIOError:
+        data = read_ready(fd)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if data:
             self.on_output(data)
         elif not done.done():
