@@ -19,6 +19,7 @@ from typing import Callable
 
 DEFAULT_CAP = 64 << 20
 FLUSH_AT = 256 << 10
+_IOV_MAX = 1024
 
 # Terminal output is mostly text, CR LF, escape sequences and tabs; for those, a few
 # bytes.replace passes over the UTF-8 escape a chunk five times faster than the json
@@ -30,18 +31,16 @@ _COMMON_ESCAPES = ((b"\\", b"\\\\"), (b'"', b'\\"'), (b"\n", b"\\n"), (b"\r", b"
 _RARE_CONTROLS = tuple(bytes([c]) for c in range(32) if c not in b"\n\r\t\x1b\b")
 
 
-def json_escape(text: str) -> bytes:
-    """The inside of ``text``'s JSON string literal in UTF-8: ``json.dumps(text,
-    ensure_ascii=False)`` without its quotes, encoded. ``text`` holds no lone
-    surrogates (it comes from a UTF-8 decoder)."""
-    raw = text.encode("utf-8")
+def json_escape(utf8: bytes) -> bytes:
+    """The inside of the JSON string literal of ``utf8`` (valid UTF-8), in UTF-8:
+    ``json.dumps(text, ensure_ascii=False)`` without its quotes, encoded."""
     for c in _RARE_CONTROLS:
-        if c in raw:
-            return encode_basestring(text)[1:-1].encode("utf-8")
+        if c in utf8:
+            return encode_basestring(utf8.decode("utf-8"))[1:-1].encode("utf-8")
     for plain, escaped in _COMMON_ESCAPES:
-        if plain in raw:
-            raw = raw.replace(plain, escaped)
-    return raw
+        if plain in utf8:
+            utf8 = utf8.replace(plain, escaped)
+    return utf8
 
 
 class Recorder:
@@ -62,7 +61,8 @@ class Recorder:
         self.wallclock = wallclock
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._fd = -1
-        self._pending = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._written = 0
         self._part = 0
         self._started = 0.0
@@ -92,12 +92,13 @@ class Recorder:
 
     def _write(self, *parts: bytes) -> None:
         for part in parts:
-            self._pending += part
+            self._pending.append(part)
+            self._pending_size += len(part)
             self._written += len(part)
-        if len(self._pending) >= FLUSH_AT:
+        if self._pending_size >= FLUSH_AT:
             self.flush()
 
-    def _event(self, code: bytes, data: str, at: float | None) -> None:
+    def _event(self, code: bytes, utf8: bytes, at: float | None) -> None:
         at = self.clock() if at is None else at
         if self._written >= self.cap:
             self._close_part()
@@ -105,24 +106,31 @@ class Recorder:
             self._written = 0
             self._open(at)
         self._write(b'[%.6f, "%s", "' % (max(0.0, at - self._started), code),
-                    json_escape(data), b'"]\n')
+                    json_escape(utf8), b'"]\n')
 
     def output(self, data: bytes, at: float | None = None) -> None:
-        text = self._decoder.decode(data)
-        if text:
-            self._event(b"o", text, at)
+        if data.isascii() and not self._decoder.getstate()[0]:
+            utf8 = bytes(data)  # most output: no decoding (nor a copy, for bytes)
+        else:
+            utf8 = self._decoder.decode(data).encode("utf-8")
+        if utf8:
+            self._event(b"o", utf8, at)
 
     def resize(self, cols: int, rows: int, at: float | None = None) -> None:
         if (cols, rows) != self.size:
             self.size = (cols, rows)
-            self._event(b"r", f"{cols}x{rows}", at)
+            self._event(b"r", f"{cols}x{rows}".encode(), at)
 
     def flush(self) -> None:
-        with memoryview(self._pending) as pending:
-            done = 0
-            while done < len(pending):
-                done += os.write(self._fd, pending[done:])
-        del self._pending[:]
+        """Write what is pending (one writev: the pieces are not joined first)."""
+        pieces = self._pending
+        while pieces:
+            done = os.writev(self._fd, pieces[:_IOV_MAX])
+            while pieces and done >= len(pieces[0]):
+                done -= len(pieces.pop(0))
+            if done:
+                pieces[0] = pieces[0][done:]
+        self._pending_size = 0
 
     def _close_part(self) -> None:
         self.flush()
@@ -133,7 +141,7 @@ class Recorder:
         if self._fd >= 0:
             tail = self._decoder.decode(b"", final=True)
             if tail:
-                self._event(b"o", tail, None)
+                self._event(b"o", tail.encode("utf-8"), None)
             self._close_part()
 
 

@@ -19,7 +19,7 @@ DECODED_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))  # 
 @fuzz()
 @given(st.one_of(DECODED_TEXT, st.lists(TERMINAL_CHARS).map("".join)))
 def test_json_escape_is_what_the_json_module_writes(text):
-    quoted = b'"' + recording.json_escape(text) + b'"'
+    quoted = b'"' + recording.json_escape(text.encode("utf-8")) + b'"'
     assert quoted == json.dumps(text, ensure_ascii=False).encode("utf-8")
 
 
