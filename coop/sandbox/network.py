@@ -81,12 +81,15 @@ class VethHandle:
         self._exit_w = exit_w
         self._on_event = on_event
         self._closing = False
-        self._watch = asyncio.ensure_future(self._report_unexpected_exit())
+        self._watch: asyncio.Future | None = None
         self._drain: asyncio.Future | None = None
 
-    def drain_stderr(self) -> None:
-        """Once running, keep slirp4netns's stderr drained so its logging never blocks it."""
+    def running(self) -> None:
+        """Once it has configured the network: keep its stderr drained so its
+        logging never blocks it, and report an exit nobody asked for (a failed
+        start is reported by ``start_veth`` alone)."""
         self._drain = asyncio.ensure_future(_discard(self.process.stderr))
+        self._watch = asyncio.ensure_future(self._report_unexpected_exit())
 
     async def _report_unexpected_exit(self) -> None:
         code = await self.process.wait()
@@ -103,7 +106,8 @@ class VethHandle:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
-        await self._watch
+        if self._watch is not None:
+            await self._watch
         if self._drain is not None:
             await self._drain
 
@@ -152,7 +156,7 @@ async def start_veth(namespaces: tuple[int, int], on_event: EventCallback) -> Ve
         reason = "timed out" if ready is None else "failed"
         raise LaunchError(f"slirp4netns {reason} configuring the session network: "
                           f"{failure_cause(detail)}")
-    handle.drain_stderr()
+    handle.running()
     return handle
 
 
