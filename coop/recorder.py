@@ -129,6 +129,8 @@ class RecorderProcess:
         if self._backlog:
             self._loop.remove_writer(self._fd)
             self._write_blocking()
+            if self._fd < 0:
+                return  # the recorder died meanwhile (``_gone``)
         os.close(self._fd)
         self._fd = -1
         self._loop.add_reader(self._pidfd, self._reap)

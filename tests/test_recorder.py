@@ -156,3 +156,21 @@ def test_merged_output_keeps_every_byte_and_moves_none_past_the_window(records):
             event_at = [t for start, t in events if start <= offset][-1]
             assert event_at <= at < event_at + 0.005
             offset += len(payload)
+
+
+def test_a_dead_recorder_ends_the_recording_not_the_session(tmp_path):
+    """A recorder killed from outside: the actor's writes fail once, recording stops,
+    everything else goes on (and the dead recorder is reaped)."""
+    async def main():
+        rec = RecorderProcess(tmp_path, 0, 80, 24)
+        rec.output(b"before\r\n")
+        os.kill(rec.pid, signal.SIGKILL)
+        for _ in range(64):  # fills the pipe; EPIPE once the reader is gone
+            rec.output(b"x" * 65536)
+        await asyncio.wait_for(rec.ended, 10)
+        rec.output(b"after\r\n")
+        rec.close()
+        return rec.pid
+
+    pid = asyncio.run(main())
+    assert exited(pid)
