@@ -42,7 +42,6 @@ BACKLOG_LIMIT = 8 << 20
 MERGE_WINDOW = 0.005  # output this close to an event's start joins that event
 MERGE_LIMIT = 256 << 10
 FLUSH_DELAY = 1.0
-_F_SETPIPE_SZ = 1031
 
 
 class RecordDecoder:
@@ -105,7 +104,7 @@ class RecorderProcess:
         started = time.monotonic()
         read_end, self._fd = os.pipe()
         try:
-            fcntl.fcntl(self._fd, _F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB, a larger backlog
         self.pid = os.fork()

@@ -83,12 +83,7 @@ class Supervisor:
     # -- start-up -----------------------------------------------------------
 
     def bind(self) -> socket.socket:
-        try:
-            return unixsocket.listen(str(self.paths.socket), backlog=128)
-        except SocketPathError as exc:
-            if "already listening" in str(exc):
-                raise SocketPathError(f"another daemon is listening on {self.paths.socket}") from None
-            raise
+        return unixsocket.listen(str(self.paths.socket), backlog=128)
 
     async def readopt(self) -> None:
         """DMN-3/DMN-4: find running session actors through their sockets."""
