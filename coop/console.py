@@ -41,6 +41,28 @@ class Client(Protocol):
     def end(self) -> None: ...
 
 
+def _read_chunk(fd: int) -> tuple[bytes, bool]:
+    """What the PTY holds, up to READ_SIZE, as one chunk (a PTY read returns at
+    most ~4 KiB, and every chunk costs the same fixed work downstream:
+    scrollback, attention, one frame per client); and whether the PTY is closed
+    (EIO: no slave fd is open any more)."""
+    chunks, total = [], 0
+    while total < READ_SIZE:
+        try:
+            data = os.read(fd, READ_SIZE - total)
+        except BlockingIOError:
+            break
+        except OSError as exc:
+            if exc.errno != errno.EIO:
+                raise
+            return b"".join(chunks), True
+        if not data:
+            return b"".join(chunks), True
+        chunks.append(data)
+        total += len(data)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks), False
+
+
 def _no_callback(console, state):
     pass
 
@@ -81,29 +103,11 @@ class Console:
         return self.child.pid if self.child else None
 
     def _on_readable(self) -> None:
-        """Read what the PTY holds, up to READ_SIZE, and pass it on as one chunk:
-        a PTY read returns at most ~4 KiB, and every chunk costs the same fixed
-        work downstream (scrollback, attention, one frame per client)."""
-        fd = self.child.master_fd
-        chunks, total, closed = [], 0, False
-        while total < READ_SIZE:
-            try:
-                data = os.read(fd, READ_SIZE - total)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EIO:
-                    raise
-                data = b""
-            if not data:  # EIO: every slave fd is closed; the exit report follows
-                closed = True
-                break
-            chunks.append(data)
-            total += len(data)
-        if chunks:
-            self.emit(chunks[0] if len(chunks) == 1 else b"".join(chunks))
-        if closed:
-            self._loop.remove_reader(fd)
+        data, closed = _read_chunk(self.child.master_fd)
+        if data:
+            self.emit(data)
+        if closed:  # every slave fd is closed; the exit report follows
+            self._loop.remove_reader(self.child.master_fd)
 
     def process_exited(self, code: int) -> None:
         """Drain what the process wrote before it died, then close the PTY."""
@@ -117,13 +121,11 @@ class Console:
             self._writer_armed = False
         self._pending_input.clear()
         for _ in range(64):
-            try:
-                data = os.read(fd, READ_SIZE)
-            except OSError:
+            data, closed = _read_chunk(fd)
+            if data:
+                self.emit(data)
+            if closed or not data:
                 break
-            if not data:
-                break
-            self.emit(data)
         os.close(fd)
         self.state = "exited"
         self.exit_code = code
