@@ -89,6 +89,10 @@ def test_recording_is_valid_asciicast_and_replays_the_same_bytes(coop):
     res = coop.run("rec", "play", "proj", "--speed", "100")
     assert res.returncode == 0 and res.stdout == out.encode()
     assert res.stdout.startswith(seen) and b"process exited" in res.stdout[len(seen):]
+    # and asciinema itself reads it (BYD-3: playable by standard players)
+    player = subprocess.run([os.path.join(os.path.dirname(sys.executable), "asciinema"), "cat",
+                             str(files[0])], capture_output=True, timeout=30, check=False)
+    assert (player.returncode, player.stdout) == (0, out.encode()), player.stderr
 
 
 def children(pid: int) -> list[int]:
