@@ -179,7 +179,7 @@ def attention_cost(mib: int = 64) -> float:
     """Seconds per MiB that attention tracking adds to a PTY's output path."""
     from coop.attention import Attention
 
-    chunk = (b"x" * 99 + b"\n") * 655
+    chunk = (b"x" * 99 + b"\n") * 280  # ~28 KiB: the session actor's usual PTY read here
     a = Attention()
     t0 = time.perf_counter()
     for _ in range((mib << 20) // len(chunk)):

@@ -25,9 +25,10 @@ _SEQUENCE = re.compile(rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b
 _PARTIAL = re.compile(rb"\x1b(?:\[[0-?]*[ -/]*|\][^\x07\x1b]*\x1b?|[PX^_][^\x1b]*\x1b?)?")
 _NOTIFY = re.compile(rb"\x1b\](?:9|777);")
 _ERASE_LINE = re.compile(rb"\x1b\[[0-2]?[KJ]")
-_VISIBLE = re.compile(rb"[^\x00-\x1f\x7f]")
+# what a chunk may start with before its first visible character
+_INVISIBLE = re.compile(rb"(?:" + _SEQUENCE.pattern + rb"|[\x00-\x1a\x1c-\x1f\x7f])*")
 _MAX_HELD = 4096  # an unfinished sequence longer than this is dropped
-_TAIL = 8192  # bytes of a big chunk that are scanned for the cursor line
+_TAIL = 8192  # bytes of a long unbroken line that are scanned for the cursor line
 
 
 class Attention:
@@ -76,27 +77,32 @@ class Attention:
         return state
 
     def _scan_bytes(self, data: bytes) -> tuple[bool, bool]:
-        """Strip escape sequences with regexes (C speed: this runs on every
-        output chunk); a sequence cut by the chunk boundary waits for the next."""
+        """Signals, whether anything visible was printed, and the cursor's line,
+        with C-speed scans that touch most bytes once (this runs on every output
+        chunk); escape sequences are stripped only from the cursor's line, or
+        from a chunk with a bell. A sequence cut by the chunk's end waits for
+        the next chunk."""
         data = self._held + data
         self._held = b""
         esc = data.rfind(b"\x1b", max(0, len(data) - _MAX_HELD))
         while esc >= 0 and _PARTIAL.fullmatch(data, esc):
             data, self._held = data[:esc], data[esc:] + self._held
             esc = data.rfind(b"\x1b", max(0, esc - _MAX_HELD))
-        signalled = _NOTIFY.search(data) is not None
-        if len(data) > _TAIL and b"\x07" not in data:
-            # only the end decides the cursor line; start it at a line break
-            # so no escape sequence is cut in half
-            nl = data.find(b"\n", len(data) - _TAIL)
-            data = data[nl:] if nl >= 0 else data[-_TAIL:]
-        text = _SEQUENCE.sub(b"", _ERASE_LINE.sub(b"\n", data)) if b"\x1b" in data else data
-        signalled |= b"\x07" in text
-        cut = max(text.rfind(b"\n"), text.rfind(b"\r"))
+        escaped = b"\x1b" in data
+        signalled = escaped and b"]" in data and _NOTIFY.search(data) is not None
+        if b"\x07" in data:  # a bell, unless it ends an OSC string
+            signalled |= b"\x07" in (_SEQUENCE.sub(b"", data) if escaped else data)
+        printable = _INVISIBLE.match(data).end() < len(data)
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        line = data[cut + 1:][-_TAIL:]
+        if escaped and b"\x1b" in line:
+            line = _SEQUENCE.sub(b"", _ERASE_LINE.sub(b"\n", line))
+            erased = line.rfind(b"\n")
+            if erased >= 0:
+                cut, line = erased, line[erased + 1:]
         if cut >= 0:
-            self._line = bytearray(text[cut + 1:][-_LINE_KEEP:])
+            self._line = bytearray(line[-_LINE_KEEP:])
         else:
-            self._line += text[-_LINE_KEEP:]
+            self._line += line[-_LINE_KEEP:]
             del self._line[:-_LINE_KEEP]
-        return _VISIBLE.search(text) is not None, signalled
-
+        return printable, signalled
