@@ -21,6 +21,7 @@ recorder still writes everything it was sent, then exits at the pipe's EOF.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fcntl
 import gc
 import os
@@ -42,6 +43,8 @@ BACKLOG_LIMIT = 8 << 20
 MERGE_WINDOW = 0.005  # output this close to an event's start joins that event
 MERGE_LIMIT = 256 << 10
 FLUSH_DELAY = 1.0
+_HEAP_KEEP = 16 << 20  # bytes of freed heap the recorder keeps instead of returning
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
 class RecordDecoder:
@@ -204,6 +207,18 @@ class RecorderProcess:
             self.ended.set_result(None)
 
 
+def keep_freed_memory() -> None:
+    """Every event allocates and frees buffers of a few hundred KiB; by default
+    glibc returns such memory to the kernel at once, and faulting fresh zeroed
+    pages back in cost more than escaping the bytes. Keep it (glibc only)."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except AttributeError:
+        return
+    mallopt(_M_TRIM_THRESHOLD, _HEAP_KEEP)
+    mallopt(_M_MMAP_THRESHOLD, _HEAP_KEEP)
+
+
 def _recorder_main(fd: int, directory: Path, pty: int, cols: int, rows: int,
                    started: float) -> None:
     """The forked recorder: records from ``fd`` into the cast until EOF, then exit."""
@@ -215,6 +230,7 @@ def _recorder_main(fd: int, directory: Path, pty: int, cols: int, rows: int,
         os.closerange(3, fd)
         os.closerange(fd + 1, 1 << 30)
         os.set_blocking(fd, False)
+        keep_freed_memory()
         recorder = Recorder(directory, pty, cols, rows, started=started)
         decoder = RecordDecoder()
         flush_at = None  # what was recorded is on disk within FLUSH_DELAY
