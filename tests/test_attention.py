@@ -90,3 +90,15 @@ def test_chunking_does_not_change_the_outcome(parts, step):
     # a signal inside a chunk may be followed by output in the same chunk, so
     # compare what both agree on: the visible cursor line
     assert chunked.line() == whole.line()
+
+
+def test_long_coloured_output_ends_on_its_prompt():
+    a, clock = make()
+    a.feed(b"$ ")
+    clock.now += 3
+    assert a.tick() == WAITING
+    burst = b"\x1b[32mok\x1b[0m line\r\n" * 2000 + "\x1b[1m❯\x1b[0m ".encode()
+    assert a.feed(burst) == BUSY
+    assert a.line() == "❯ "
+    clock.now += 3
+    assert a.tick() == WAITING
