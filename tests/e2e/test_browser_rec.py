@@ -175,8 +175,10 @@ def test_player_replays_a_recording_in_the_terminal_panel(coop, page_of):
     assert js(page, "document.querySelectorAll('.player-picker option').length") == 1
     page.click(".player-speeds [data-speed='10']")
     page.click(".player-bar >> text=Restart")
-    player = wait_js(page, "window.coopDebug.player?.state === 'ended' && window.coopDebug.player", timeout=10,
-                     what="the replay ended")
+    # xterm.js parses a write in a later task: the last event's line follows the end
+    player = wait_js(page, "window.coopDebug.player?.state === 'ended' && "
+                           "window.coopDebug.player.lines.includes('rec-world') && window.coopDebug.player",
+                     timeout=10, what="the replay ended with its last line shown")
     assert player["speed"] == 10
     assert "rec-hello" in player["lines"] and "rec-world" in player["lines"]
     assert player["size"] == size  # resized on the recorded "r" event
