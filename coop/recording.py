@@ -146,9 +146,10 @@ class Recorder:
 
 
 def read_cast(path: Path) -> tuple[dict, list[list]]:
-    """Header and events of one recording; ValueError with the line number."""
+    """Header and events of one recording; ValueError with the line number. A
+    half-written last line (the session may still be recording) is left out."""
     with open(path, encoding="utf-8") as f:
-        lines = f.read().splitlines()
+        lines = f.read().split("\n")[:-1]  # what follows the last line break is unfinished
     if not lines:
         raise ValueError(f"{path}: empty recording")
     try:

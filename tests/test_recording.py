@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -46,3 +48,15 @@ def test_pending_output_reaches_the_file_on_flush(tmp_path):
     rec.flush()
     assert path.read_bytes().splitlines()[-1].endswith(b'"o", "hello\\r\\n"]')
     rec.close()
+
+
+def test_a_half_written_last_line_is_left_out_but_a_broken_line_is_an_error(tmp_path):
+    """BYD-3: a recording read while the recorder writes it (``coop rec ls|play`` of a
+    live session) ends at its last complete event; damage before that is reported."""
+    path = tmp_path / "0-1-000.cast"
+    header = '{"version": 2, "width": 80, "height": 24}\n'
+    path.write_text(header + '[0.5, "o", "done\\r\\n"]\n[0.7, "o", "hal')
+    assert recording.read_cast(path)[1] == [[0.5, "o", "done\r\n"]]
+    path.write_text(header + '[0.5, "o", "bro\n[0.7, "o", "x"]\n')
+    with pytest.raises(ValueError, match="not an asciicast v2 file"):
+        recording.read_cast(path)

@@ -113,13 +113,7 @@ def test_a_kill_returns_with_the_recording_complete(coop):
     def recorded() -> str:
         return "".join(e[2] for p in sorted(rec.glob("*.cast")) for e in recording.read_cast(p)[1])
 
-    def recorded_so_far() -> str:  # the recorder may be in the middle of writing a line
-        try:
-            return recorded()
-        except ValueError:
-            return ""
-
-    wait_for(lambda: "END-2" in recorded_so_far(), what="the output recorded")
+    wait_for(lambda: "END-2" in recorded(), what="the output recorded")
     actor = coop.session("proj")["pid"]
 
     def ours(pid):  # forked from the actor and in its PID namespace: not the sandbox's init
