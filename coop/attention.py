@@ -94,8 +94,8 @@ class Attention:
             signalled |= b"\x07" in (_SEQUENCE.sub(b"", data) if escaped else data)
         printable = _INVISIBLE.match(data).end() < len(data)
         cut = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        line = data[cut + 1:][-_TAIL:]
-        if escaped and b"\x1b" in line:
+        line = data[max(cut + 1, len(data) - _TAIL):]
+        if b"\x1b" in line:
             line = _SEQUENCE.sub(b"", _ERASE_LINE.sub(b"\n", line))
             erased = line.rfind(b"\n")
             if erased >= 0:

@@ -60,7 +60,7 @@ def _read_chunk(fd: int) -> tuple[bytes, bool]:
             return b"".join(chunks), True
         chunks.append(data)
         total += len(data)
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks), False
+    return b"".join(chunks), False  # a lone chunk is returned as it is, not copied
 
 
 def _no_callback(console, state):

@@ -207,7 +207,7 @@ class RecorderProcess:
             self.ended.set_result(None)
 
 
-def keep_freed_memory() -> None:
+def _keep_freed_memory() -> None:
     """Every event allocates and frees buffers of a few hundred KiB; by default
     glibc returns such memory to the kernel at once, and faulting fresh zeroed
     pages back in cost more than escaping the bytes. Keep it (glibc only)."""
@@ -230,7 +230,7 @@ def _recorder_main(fd: int, directory: Path, pty: int, cols: int, rows: int,
         os.closerange(3, fd)
         os.closerange(fd + 1, 1 << 30)
         os.set_blocking(fd, False)
-        keep_freed_memory()
+        _keep_freed_memory()
         recorder = Recorder(directory, pty, cols, rows, started=started)
         decoder = RecordDecoder()
         flush_at = None  # what was recorded is on disk within FLUSH_DELAY
