@@ -48,11 +48,19 @@ class RawClient:
         self.send(msg)
         return self.recv()
 
-    def closed(self):
+    def closed(self, timeout=10):
+        """The daemon ends the stream within ``timeout``; what it sent before
+        the end (output still in flight) is read past."""
+        deadline = time.monotonic() + timeout
         try:
-            return self.sock.recv(1) == b""
+            while time.monotonic() < deadline:
+                if not self.sock.recv(1 << 16):
+                    return True
         except ConnectionResetError:
             return True
+        except TimeoutError:
+            pass
+        return False
 
     def send_data(self, data):
         self.sock.sendall(protocol.encode_frame(FrameType.DATA, data))
