@@ -81,8 +81,8 @@ def test_output_and_resizes_arrive_in_order_with_the_actors_times(tmp_path):
 
 
 def test_a_stopped_recorder_loses_nothing(tmp_path):
-    """Past the pipe, bytes wait in the backlog; past the backlog limit the actor's
-    write blocks until the recorder goes on: slower, never lossy."""
+    """Past the ring and the pipe, bytes wait in the backlog; past the backlog limit
+    the actor's write blocks until the recorder goes on: slower, never lossy."""
     chunk = b"x" * 65535 + b"\n"
     main_thread = threading.get_native_id()
 
@@ -94,12 +94,12 @@ def test_a_stopped_recorder_loses_nothing(tmp_path):
     async def main():
         rec = RecorderProcess(tmp_path, 0, 80, 24, backlog_limit=4 << 20)
         os.kill(rec.pid, signal.SIGSTOP)
-        for _ in range(40):  # 1 MiB pipe + 2.5 MiB backlog
+        for _ in range(64):  # 2 MiB ring + 1 MiB pipe + 1 MiB backlog
             rec.output(chunk)
-        assert rec._backlog, "the pipe should be full"
+        assert rec._backlog, "the ring and the pipe should be full"
         waker = threading.Thread(target=resume_when_blocked, args=(rec.pid,))
         waker.start()
-        for _ in range(40):  # past the limit: blocks until SIGCONT
+        for _ in range(64):  # past the limit: blocks until SIGCONT
             rec.output(chunk)
         waker.join()
         rec.close()
@@ -108,7 +108,44 @@ def test_a_stopped_recorder_loses_nothing(tmp_path):
     pid = asyncio.run(main())
     wait_for(lambda: exited(pid), what="the recorder's exit")
     text, _ = cast_text(tmp_path)
-    assert text == chunk.decode() * 80
+    assert text == chunk.decode() * 128
+
+
+def test_chunks_of_any_size_pass_a_small_ring_whole_and_in_order(tmp_path):
+    """A ring smaller than some chunks: each chunk goes into it whole (from the
+    ring's start when it would not fit before its end) or, while the ring is
+    full or too small for it, through the pipe. The cast holds every chunk, in
+    order, whichever way it went."""
+    sizes = [1, 1000, 40000, 70000, 150000, 7, 99999, 33333] * 10
+    chunks = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
+    ways = []
+
+    async def caught_up(rec):
+        deadline = time.monotonic() + 10
+        while rec._ring._read[0] < rec._ring._written or rec._backlog:
+            assert time.monotonic() < deadline, "the recorder did not catch up"
+            await asyncio.sleep(0.001)
+
+    async def main():
+        rec = RecorderProcess(tmp_path, 0, 80, 24, ring_size=100_000)
+        os.kill(rec.pid, signal.SIGSTOP)
+        for chunk in chunks[:40]:  # the ring fills: the rest waits in the pipe and backlog
+            rec.output(chunk)
+        os.kill(rec.pid, signal.SIGCONT)
+        for chunk in chunks[40:]:
+            await caught_up(rec)  # the ring is empty: each chunk that fits goes in
+            before = rec._ring._written
+            rec.output(chunk)
+            after = rec._ring._written
+            ways.append("pipe" if after == before else "ring" if after == before + len(chunk) else "wrapped")
+        rec.close()
+        return rec.pid
+
+    pid = asyncio.run(main())
+    wait_for(lambda: exited(pid), what="the recorder's exit")
+    text, _ = cast_text(tmp_path)
+    assert text == b"".join(chunks).decode()
+    assert {"pipe", "ring", "wrapped"} <= set(ways)
 
 
 ACTOR = """
