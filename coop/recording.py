@@ -13,7 +13,6 @@ import codecs
 import json
 import os
 import time
-from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Callable
 
@@ -21,23 +20,21 @@ DEFAULT_CAP = 64 << 20
 FLUSH_AT = 256 << 10
 _IOV_MAX = 1024
 
-# Terminal output is mostly text, CR LF, escape sequences and tabs; for those, a few
-# bytes.replace passes over the UTF-8 escape a chunk five times faster than the json
-# module (the cost that counts when recording a fast PTY). In UTF-8, a byte below
-# 0x20 is always that control character itself, never part of a longer sequence.
-# Any other control character sends the chunk through json's encoder.
-_COMMON_ESCAPES = ((b"\\", b"\\\\"), (b'"', b'\\"'), (b"\n", b"\\n"), (b"\r", b"\\r"),
-                   (b"\t", b"\\t"), (b"\x1b", b"\\u001b"), (b"\b", b"\\b"))
-_RARE_CONTROLS = tuple(bytes([c]) for c in range(32) if c not in b"\n\r\t\x1b\b")
+# One bytes.replace pass per character that occurs, each found at memchr speed:
+# five times faster than the json module on terminal output (the cost that
+# counts when recording a fast PTY), where most of these never occur. In UTF-8,
+# a byte below 0x20 is always that control character itself, never part of a
+# longer sequence. The backslash goes first: later escapes add backslashes.
+_SHORT_ESCAPES = {b"\\": b"\\\\", b'"': b'\\"', b"\n": b"\\n", b"\r": b"\\r", b"\t": b"\\t",
+                  b"\b": b"\\b", b"\f": b"\\f"}
+_ESCAPES = tuple(_SHORT_ESCAPES.items()) + tuple(
+    (bytes([c]), b"\\u%04x" % c) for c in range(32) if bytes([c]) not in _SHORT_ESCAPES)
 
 
 def json_escape(utf8: bytes) -> bytes:
     """The inside of the JSON string literal of ``utf8`` (valid UTF-8), in UTF-8:
     ``json.dumps(text, ensure_ascii=False)`` without its quotes, encoded."""
-    for c in _RARE_CONTROLS:
-        if c in utf8:
-            return encode_basestring(utf8.decode("utf-8"))[1:-1].encode("utf-8")
-    for plain, escaped in _COMMON_ESCAPES:
+    for plain, escaped in _ESCAPES:
         if plain in utf8:
             utf8 = utf8.replace(plain, escaped)
     return utf8
