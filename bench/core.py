@@ -3,11 +3,13 @@
 Every peer is driven the way a user's terminal drives it: the client runs on
 a PTY whose master this script reads, like a terminal emulator would.
 
-    python3 bench/core.py [--mib 200] [--keys 500]
+    python3 bench/core.py [--mib 200] [--keys 500] [--sandboxed] [--record]
 
-Prints throughput (MiB/s), keystroke echo p50/p99, `coop ls` p50, session
-create → agent's first instruction p50/p95, and PSS of the supervisor and an
-idle session actor, with ratios against the peers measured in the same run.
+Prints throughput (MiB/s the client received, and MiB/s the producer got
+through), keystroke echo p50/p99, `coop ls` p50, session create → agent's
+first instruction p50/p95, and PSS of the supervisor and an idle session
+actor, with ratios against the peers measured in the same run; with
+``--record``, the cost of recording (BYD-3).
 """
 
 from __future__ import annotations
@@ -56,11 +58,15 @@ def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
             tail = window[-len(marker):]
 
 
-def timed_stream(term: PtyProc, mib: int) -> float:
-    """Wait for the producer's start, then time until the end marker."""
+def timed_stream(term: PtyProc, mib: int) -> dict:
+    """From the producer's start to the end marker: MiB/s the client's terminal
+    received, and MiB/s the producer wrote. They differ where the client cannot
+    keep up: coop then drops output (PTY-2: a slow client never slows the PTY),
+    and tmux sends a redrawn screen instead of every byte."""
     t0 = time.monotonic()
-    drain_until(term, END)
-    return (mib) / (time.monotonic() - t0 - 0.5)
+    received = drain_until(term, END)
+    seconds = time.monotonic() - t0 - 0.5
+    return {"MiB/s": received / (1 << 20) / seconds, "produced MiB/s": mib / seconds}
 
 
 def echo_latency(term: PtyProc, keys: int) -> tuple[float, float]:
@@ -84,11 +90,11 @@ def echo_latency(term: PtyProc, keys: int) -> tuple[float, float]:
 def bare(args) -> dict:
     term = PtyProc(["sh", "-c", producer(args.mib)], env=os.environ, cwd="/")
     try:
-        rate = timed_stream(term, args.mib)
+        rates = timed_stream(term, args.mib)
         p50, p99 = echo_latency(term, args.keys)
     finally:
         term.close()
-    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99}
+    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99}
 
 
 def dtach(args, tmp) -> dict:
@@ -96,12 +102,12 @@ def dtach(args, tmp) -> dict:
     term = PtyProc(["dtach", "-A", sock, "-z", "-r", "none", "sh", "-c", producer(args.mib)],
                    env=os.environ, cwd="/")
     try:
-        rate = timed_stream(term, args.mib)
+        rates = timed_stream(term, args.mib)
         p50, p99 = echo_latency(term, args.keys)
     finally:
         term.close()
         end_processes_naming(sock)  # dtach's master outlives its client
-    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99}
+    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99}
 
 
 def end_processes_naming(text: str) -> None:
@@ -121,22 +127,28 @@ def tmux(args, tmp) -> dict:
     term = PtyProc(["tmux", "-S", sock, "-f", "/dev/null", "new-session", "sh", "-c",
                     producer(args.mib)], env=env, cwd="/")
     try:
-        rate = timed_stream(term, args.mib)
+        rates = timed_stream(term, args.mib)
         p50, p99 = echo_latency(term, args.keys)
-        pss = pss_kib(int(subprocess.check_output(
+        pss = smaps_kib(int(subprocess.check_output(
             ["tmux", "-S", sock, "display", "-p", "#{pid}"]).decode().strip()))
     finally:
         subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
         term.close()
-    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99, "server PSS KiB": pss}
+    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99, "server PSS KiB": pss}
 
 
-def pss_kib(pid: int) -> int:
+def smaps_kib(pid: int, field: str = "Pss") -> int:
+    """A total of /proc/PID/smaps_rollup. PSS splits each page among the
+    processes sharing it, so an actor's PSS falls as sessions are added; the
+    private pages (USS) are what one more session costs."""
+    fields = ("Private_Clean", "Private_Dirty") if field == "USS" else (field,)
+    total = 0
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    return -1
+            name, _, rest = line.partition(":")
+            if name in fields:
+                total += int(rest.split()[0])
+    return total
 
 
 def coop_stream(c: Coop, args, name: str, extra: str = "") -> dict:
@@ -148,12 +160,12 @@ def coop_stream(c: Coop, args, name: str, extra: str = "") -> dict:
     term = c.spawn_pty("attach", name, cwd=ws)
     try:
         cpu = cpu_seconds(actor)
-        rate = timed_stream(term, args.mib)
+        rates = timed_stream(term, args.mib)
         cpu = cpu_seconds(actor) - cpu
         p50, p99 = echo_latency(term, args.keys)
     finally:
         term.close()
-    return {"MiB/s": rate, "echo p50 ms": p50, "echo p99 ms": p99,
+    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99,
             "session CPU ms/MiB": cpu * 1000 / args.mib}
 
 
@@ -187,27 +199,49 @@ def attention_cost(mib: int = 64) -> float:
     return (time.perf_counter() - t0) / mib
 
 
-def recording_rounds(c: Coop, args, first_plain: dict, rounds: int = 5) -> dict:
-    """Recording on and off, alternated so that drift in the machine's speed hits
-    both; medians of ``rounds`` each (BYD-3). Throughput on a shared machine
-    swings by ±15 % from run to run, so the CPU time per MiB of the session
-    actor and its recorder process is reported too."""
-    plain, recorded = [first_plain], []
+def recording_rounds(c: Coop, args, rounds: int = 5) -> dict:
+    """Throughput with recording on and off (BYD-3), in pairs run back to back,
+    which runs first alternating: throughput on this shared machine drifts by
+    ±15 % within a minute, and a pair sees the same drift. Reported: the median
+    of the pairs' ratios of the rate the producer's output got through (what
+    recording can slow: the session actor's PTY reads) and of the rate the
+    client received (bounded by the client's own path, where coop drops what a
+    slower client cannot take), with the CPU time per MiB of the session actor
+    and its recorder process, which drifts less.
+
+    One recorded run first is left out: on a VM, the first write to guest memory
+    never used before costs ~2 ms/MiB more (measured), and a fresh machine's page
+    cache starts out there. Each run's session and cast are removed after it,
+    so later runs write into memory the page cache has used before, as on a
+    machine that has been up for a while, and `coop ls` later sees as many
+    sessions as without ``--record``."""
+    def run(name: str, extra: str = "") -> dict:
+        result = coop_stream(c, args, name, extra)
+        c.ok("kill", name, "-f")  # returns once the recording is all on disk
+        shutil.rmtree(c.state / "sessions" / name / "rec", ignore_errors=True)
+        return result
+
+    run("benchwarmup", "record = true\n")
+    pairs = []
     for i in range(rounds):
-        recorded.append(coop_stream(c, args, f"benchrec{i}", "record = true\n"))
-        if len(plain) < rounds:
-            plain.append(coop_stream(c, args, f"benchplain{i}"))
+        pair = {}
+        order = ["plain", "recorded"] if i % 2 == 0 else ["recorded", "plain"]
+        for kind in order:
+            pair[kind] = run(f"bench{kind}{i}", "record = true\n" if kind == "recorded" else "")
+        pairs.append(pair)
+    for key in ("produced MiB/s", "MiB/s"):
+        print(f"recording on/off, {key}: " + " ".join(
+            f"{p['recorded'][key]:.1f}/{p['plain'][key]:.1f}" for p in pairs), file=sys.stderr)
 
-    def median(runs, key):
-        return statistics.median(r[key] for r in runs)
+    def ratio(key):
+        return statistics.median(p["recorded"][key] / p["plain"][key] for p in pairs)
 
-    def rates(runs):
-        return " ".join(f"{r['MiB/s']:.1f}" for r in runs)
+    def median(kind, key):
+        return statistics.median(p[kind][key] for p in pairs)
 
-    print(f"recording on: {rates(recorded)} MiB/s; off: {rates(plain)} MiB/s", file=sys.stderr)
-    return {"recording MiB/s": median(recorded, "MiB/s"), "MiB/s": median(plain, "MiB/s"),
-            "recording CPU ms/MiB": median(recorded, "session CPU ms/MiB"),
-            "session CPU ms/MiB": median(plain, "session CPU ms/MiB")}
+    return {"produced": ratio("produced MiB/s"), "received": ratio("MiB/s"),
+            "recording CPU ms/MiB": median("recorded", "session CPU ms/MiB"),
+            "plain CPU ms/MiB": median("plain", "session CPU ms/MiB")}
 
 
 def coop(args, tmp, sandboxed: bool) -> dict:
@@ -216,7 +250,7 @@ def coop(args, tmp, sandboxed: bool) -> dict:
     try:
         out.update(coop_stream(c, args, "bench"))
         if args.record:
-            out.update(recording_rounds(c, args, dict(out)))
+            out["recording"] = recording_rounds(c, args)
         ls = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -250,8 +284,10 @@ def coop(args, tmp, sandboxed: bool) -> dict:
         ws3 = c.workspace("idle", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
         c.ok("-d", cwd=ws3)
         wait_for(lambda: c.session("idle")["state"] == "running", timeout=10)
-        out["supervisor PSS KiB"] = pss_kib(c.daemon_pid())
-        out["idle actor PSS KiB"] = pss_kib(c.session("idle")["pid"])
+        out["supervisor PSS KiB"] = smaps_kib(c.daemon_pid())
+        idle = c.session("idle")["pid"]
+        out["idle actor PSS KiB"] = smaps_kib(idle)
+        out["idle actor USS KiB"] = smaps_kib(idle, "USS")
     finally:
         c.cleanup()
     return out
@@ -276,6 +312,7 @@ def main() -> None:
         results["coop"] = coop(args, tmp, args.sandboxed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    recording = results["coop"].pop("recording", None)
     keys = sorted({k for r in results.values() for k in r}, key=lambda k: list(
         dict.fromkeys(k for r in results.values() for k in r)).index(k))
     print(f"{'':22}" + "".join(f"{k:>14}" for k in results))
@@ -290,14 +327,17 @@ def main() -> None:
         print(f"coop/dtach throughput {c['MiB/s'] / d['MiB/s']:.2f}  (target ≥ 0.9)")
         print(f"coop/dtach echo p50   {c['echo p50 ms'] / d['echo p50 ms']:.2f}  (target ≤ 1.5)")
     print(f"coop ls p50           {c['ls p50 ms']:.1f} ms (target ≤ 60)")
-    print(f"idle actor PSS        {c['idle actor PSS KiB'] / 1024:.1f} MiB (target ≤ 6)")
-    share = attention_cost() * c["MiB/s"]
+    print(f"idle actor PSS        {c['idle actor PSS KiB'] / 1024:.1f} MiB (target ≤ 6; "
+          f"{c['idle actor USS KiB'] / 1024:.1f} MiB of it private)")
+    share = attention_cost() * c["produced MiB/s"]
     print(f"attention tracking    {share * 100:.1f}% of the output path's time (target < 10%)")
-    if "recording MiB/s" in c:
-        ratio = c['recording MiB/s'] / c['MiB/s']
-        extra = c["recording CPU ms/MiB"] / c["session CPU ms/MiB"] - 1
-        print(f"recording on/off      {ratio:.2f} throughput (medians of 5 alternated runs each)")
-        print(f"recording             +{extra * 100:.1f}% CPU per MiB (session actor + recorder)")
+    if recording:
+        ratio = min(recording["produced"], recording["received"])
+        extra = recording["recording CPU ms/MiB"] - recording["plain CPU ms/MiB"]
+        print(f"recording on/off      {recording['produced']:.2f} produced, {recording['received']:.2f} "
+              f"received throughput (medians of 5 back-to-back pairs)")
+        print(f"recording             +{extra:.2f} ms CPU per MiB (session actor + recorder: "
+              f"{recording['plain CPU ms/MiB']:.2f} -> {recording['recording CPU ms/MiB']:.2f})")
         print(f"attention + recording {(1 - ratio + share) * 100:.1f}% of throughput (target < 10%)")
 
 
