@@ -40,7 +40,10 @@ def producer(mib: int) -> str:
 
 
 def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
-    """Read the terminal until marker; returns bytes read."""
+    """Read the terminal until marker, like a terminal emulator; returns bytes
+    read. A PTY read returns at most a few KiB: asking for 1 MiB made every
+    read allocate (and fault in) a fresh MiB, and this reader the slowest
+    stage of every peer's pipeline."""
     total, tail = 0, b""
     deadline = time.monotonic() + timeout
     while True:
@@ -48,7 +51,7 @@ def drain_until(term: PtyProc, marker: bytes, timeout: float = 300) -> int:
             raise TimeoutError(f"no {marker!r}")
         r, _, _ = select.select([term.master], [], [], 1)
         if r:
-            data = os.read(term.master, 1 << 20)
+            data = os.read(term.master, 1 << 16)
             if not data:
                 raise EOFError("terminal closed")
             total += len(data)
