@@ -202,7 +202,7 @@ def attention_cost(mib: int = 64) -> float:
     return (time.perf_counter() - t0) / mib
 
 
-def recording_rounds(c: Coop, args, rounds: int = 5) -> dict:
+def recording_rounds(c: Coop, args, rounds: int = 7) -> dict:
     """Throughput with recording on and off (BYD-3), in pairs run back to back,
     which runs first alternating: throughput on this shared machine drifts by
     ±15 % within a minute, and a pair sees the same drift. Reported: the median
@@ -338,7 +338,7 @@ def main() -> None:
         ratio = min(recording["produced"], recording["received"])
         extra = recording["recording CPU ms/MiB"] - recording["plain CPU ms/MiB"]
         print(f"recording on/off      {recording['produced']:.2f} produced, {recording['received']:.2f} "
-              f"received throughput (medians of 5 back-to-back pairs)")
+              f"received throughput (medians of 7 back-to-back pairs)")
         print(f"recording             +{extra:.2f} ms CPU per MiB (session actor + recorder: "
               f"{recording['plain CPU ms/MiB']:.2f} -> {recording['recording CPU ms/MiB']:.2f})")
         print(f"attention + recording {(1 - ratio + share) * 100:.1f}% of throughput (target < 10%)")
