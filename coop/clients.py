@@ -1,10 +1,15 @@
 """Client connections held by a session actor, in the IPC stream dialect (IPC-5).
 
-Each client has a bounded output queue: the transport's write buffer. When it
-passes ``QUEUE_LIMIT`` the client stops receiving output (the bytes are
-dropped and counted); once it has drained it gets a ``lag`` event and a fresh
-scrollback replay so its screen recovers (PTY-2). Local CLI clients and tunnel
-socketpairs speak this dialect; browsers speak WebSocket (``wsclient.py``).
+Each client has a bounded output queue. When it passes ``QUEUE_LIMIT`` the
+client stops receiving output (the bytes are dropped and counted); once it
+has drained it gets a ``lag`` event and a fresh scrollback replay so its
+screen recovers (PTY-2). The queue is a deque of the frames themselves,
+handed to the socket a batch at a time: asyncio's own write buffer (3.11) is
+a bytearray that is copied whole every time it grows after a send took bytes
+off its front, so a client slightly slower than its PTY cost the actor ten
+copies of every byte, and page faults on each fresh copy. Local CLI clients
+and tunnel socketpairs speak this dialect; browsers speak WebSocket
+(``wsclient.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import json
 import os
 import time
+from collections import deque
 from typing import Callable
 
 from coop import protocol
@@ -22,6 +28,7 @@ from coop.log import log
 from coop.protocol import FrameType
 
 QUEUE_LIMIT = 4 << 20
+SEND_BATCH = 64 << 10  # queued bytes handed to the socket at a time
 
 
 class InputPath:
@@ -86,7 +93,11 @@ class QueuedClient(asyncio.Protocol):
         self.console = console
         self.size = None if read_only else size  # watchers never shrink the PTY (PTY-4)
         self.transport: asyncio.Transport | None = None
-        self._paused = False
+        self._queue: deque[bytes] = deque()
+        self._queued = 0  # bytes in _queue
+        self._socket_full = False
+        self._close_when_sent = False
+        self._lagging = False
         self._dropped = 0
         self._closing = False
         filt = session.make_filter() if filtered and console.role == "agent" else None
@@ -96,24 +107,18 @@ class QueuedClient(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(high=QUEUE_LIMIT, low=QUEUE_LIMIT // 4)
+        transport.set_write_buffer_limits(high=0)  # paused while any byte is unsent: queue here
 
     def pause_writing(self) -> None:
-        self._paused = True
+        self._socket_full = True
 
     def resume_writing(self) -> None:
-        self._paused = False
-        if self._dropped and not self._closing:
-            dropped, self._dropped = self._dropped, 0
-            replay = self.console.scrollback.replay()
-            offset = self.console.scrollback.end - len(replay)
-            self.event({"event": "lag", "dropped": dropped, "offset": offset})
-            self._write_output(replay)
-            log(f"{self.kind} client on pty {self.console.id} lagged, "
-                f"{dropped} bytes dropped")
+        self._socket_full = False
+        self._send_queued()
 
     def connection_lost(self, exc) -> None:
         self._closing = True
+        self._queue.clear()
         self.input.close()
         self.console.remove_client(self)
         self.session.client_gone(self)
@@ -123,13 +128,56 @@ class QueuedClient(asyncio.Protocol):
     def output(self, data: bytes) -> None:
         if self._closing:
             return
-        if self._paused:
+        if self._lagging:
             self._dropped += len(data)
             return
         self._write_output(data)
+        if self._queued > QUEUE_LIMIT:
+            self._lagging = True
 
     def _write_output(self, data: bytes) -> None:
         raise NotImplementedError
+
+    # -- the queue ----------------------------------------------------------
+
+    def _send(self, *pieces: bytes) -> None:
+        """Queue ``pieces`` in order; straight to the socket while nothing waits."""
+        if self._socket_full or self._queue:
+            self._queue.extend(pieces)
+            self._queued += sum(map(len, pieces))
+        else:
+            self.transport.writelines(pieces)  # pauses us at once if the socket is full
+
+    def _send_queued(self) -> None:
+        while self._queue and not self._socket_full:
+            batch, size = [], 0
+            while self._queue and size < SEND_BATCH:
+                batch.append(self._queue.popleft())
+                size += len(batch[-1])
+            self._queued -= size
+            self.transport.writelines(batch)
+        if self._lagging and self._queued <= QUEUE_LIMIT // 4 and not self._closing:
+            self._end_lag()
+        if self._close_when_sent and not self._queue:
+            self.transport.close()
+
+    def _end_lag(self) -> None:
+        self._lagging = False
+        if self._dropped:
+            dropped, self._dropped = self._dropped, 0
+            replay = self.console.scrollback.replay()
+            offset = self.console.scrollback.end - len(replay)
+            self.event({"event": "lag", "dropped": dropped, "offset": offset})
+            self._write_output(replay)
+            log(f"{self.kind} client on pty {self.console.id} lagged, "
+                f"{dropped} bytes dropped")
+
+    def _close_after_sending(self) -> None:
+        """Close once the queue is out (``transport.close()`` alone drops it)."""
+        if self._queue:
+            self._close_when_sent = True
+        else:
+            self.transport.close()
 
     def event(self, obj: dict) -> None:
         raise NotImplementedError
@@ -182,20 +230,20 @@ class StreamClient(QueuedClient):
                 protocol.ErrorCode.INVALID_COMMAND, f"unknown control message {kind!r}")})
 
     def _write_output(self, data: bytes) -> None:
-        self.transport.writelines(protocol.encode_data(data))
+        self._send(*protocol.encode_data(data))
 
     def event(self, obj: dict) -> None:
         if not self._closing:
-            self.transport.write(protocol.encode_control(obj))
+            self._send(protocol.encode_control(obj))
 
     def answer(self, obj: dict) -> None:
         """The command-mode answer that precedes stream mode."""
-        self.transport.write(protocol.encode_message(obj))
+        self._send(protocol.encode_message(obj))
 
     def end(self) -> None:
         if not self._closing:
             self._closing = True
-            self.transport.close()
+            self._close_after_sending()
 
 
 class ExecClient(asyncio.Protocol):

@@ -90,7 +90,7 @@ class WebSocketClient(QueuedClient):
         self._send_pending()
         if self.ws.closed:
             self._closing = True
-            self.transport.close()
+            self._close_after_sending()
 
     def connection_lost(self, exc) -> None:
         if self._timer:
@@ -102,12 +102,12 @@ class WebSocketClient(QueuedClient):
     def _write_output(self, data: bytes) -> None:
         if self.ws.state is websocket.State.OPEN:
             # one header per chunk; the payload goes out as is (server frames are unmasked)
-            self.transport.writelines([websocket.encode_frame_header(Opcode.BINARY, len(data)), data])
+            self._send(websocket.encode_frame_header(Opcode.BINARY, len(data)), data)
 
     def event(self, obj: dict) -> None:
         mapped = browser_event(obj)
         if mapped is not None and not self._closing and self.ws.state is websocket.State.OPEN:
-            self.transport.write(self.ws.send_text(json.dumps(mapped, separators=(",", ":"))))
+            self._send(self.ws.send_text(json.dumps(mapped, separators=(",", ":"))))
 
     def answer(self, obj: dict) -> None:
         """Nothing to send: the ``attached`` event that follows carries the answer."""
@@ -119,17 +119,17 @@ class WebSocketClient(QueuedClient):
             return
         self._closing = True
         if self.ws.state is websocket.State.OPEN:
-            self.transport.write(self.ws.send_close(websocket.CloseCode.NORMAL))
+            self._send(self.ws.send_close(websocket.CloseCode.NORMAL))
             self._schedule(CLOSE_TIMEOUT, self.transport.close)
         else:
-            self.transport.close()
+            self._close_after_sending()
 
     # -- helpers --------------------------------------------------------------
 
     def _send_pending(self) -> None:
         pending = self.ws.data_to_send()
         if pending:
-            self.transport.write(pending)
+            self._send(pending)
 
     def _schedule(self, delay: float, callback) -> None:
         if self._timer:
@@ -144,5 +144,5 @@ class WebSocketClient(QueuedClient):
             self.transport.abort()
             return
         self._unanswered_pings += 1
-        self.transport.write(self.ws.send_ping(b"coop"))
+        self._send(self.ws.send_ping(b"coop"))
         self._schedule(PING_INTERVAL, self._keepalive)

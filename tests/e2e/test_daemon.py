@@ -368,6 +368,31 @@ def test_stalled_client_does_not_slow_others_and_gets_lag(coop):
     out, _ = stalled.read_stream_until(b"DONE-2")
 
 
+
+def test_a_detach_is_answered_after_the_output_queued_before_it(coop):
+    """PTY-2/IPC-5: output a client's socket could not take yet waits in its
+    queue, in order; a detach is answered after all of it, and the stream ends
+    only once that answer is out (closing at once would drop the queue)."""
+    start(coop, coopfile='command = "sh"')
+    slow = attach_raw(coop, "proj")
+    slow.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fast = attach_raw(coop, "proj")
+    size = 2 << 20  # well under the 4 MiB queue limit: queued, never dropped
+    fast.send_data(f"head -c {size} /dev/zero | tr '\\0' y; echo END-$((2+3))\n".encode())
+    fast.read_stream_until(b"END-5", timeout=30)  # all of it has left the PTY
+    slow.send_control({"type": "detach"})
+    received, answered = b"", False
+    while (payload := slow.recv_payload()) is not None:
+        kind, body = protocol.split_stream_frame(payload)
+        if kind == FrameType.DATA:
+            assert not answered, "output after the detach answer"
+            received += body
+        elif json.loads(body) == {"ok": True}:  # not the "attached" event, also "ok"
+            answered = True
+    assert answered
+    _typed, output = received.split(b"\r\n", 1)  # the typed command, then its output
+    assert output.count(b"y") == size and b"END-5" in output
+
 # -- DMN-7/8: exits, restarts, crash loop, shells ----------------------------
 
 

@@ -289,8 +289,12 @@ def test_resume_from_offset_gets_exactly_the_missed_bytes(web):
         assert resumed.attached["offset"] == offset
         await resumed.until(b"end-7")
         start = offset - watcher.attached["offset"]
-        assert resumed.data == watcher.data[start:start + len(resumed.data)]
-        assert b"missed-5" in resumed.data and b"one-2" not in resumed.data
+        # the replay may already hold the prompt after end-7 that the watcher's
+        # next frame brings: compare what both have
+        common = min(len(resumed.data), len(watcher.data) - start)
+        assert resumed.data[:common] == watcher.data[start:start + common]
+        assert b"missed-5" in resumed.data[:common] and b"end-7" in resumed.data[:common]
+        assert b"one-2" not in resumed.data
         for t in (watcher, typist, resumed):
             await t.close()
 
