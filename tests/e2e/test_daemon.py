@@ -368,7 +368,6 @@ def test_stalled_client_does_not_slow_others_and_gets_lag(coop):
     out, _ = stalled.read_stream_until(b"DONE-2")
 
 
-
 def test_a_detach_is_answered_after_the_output_queued_before_it(coop):
     """PTY-2/IPC-5: output a client's socket could not take yet waits in its
     queue, in order; a detach is answered after all of it, and the stream ends
@@ -392,6 +391,7 @@ def test_a_detach_is_answered_after_the_output_queued_before_it(coop):
     assert answered
     _typed, output = received.split(b"\r\n", 1)  # the typed command, then its output
     assert output.count(b"y") == size and b"END-5" in output
+
 
 # -- DMN-7/8: exits, restarts, crash loop, shells ----------------------------
 
