@@ -331,8 +331,13 @@ def _recorder_main(fd: int, ring: Ring, directory: Path, pty: int, cols: int, ro
                 elif kind == RESIZE:
                     recorder.resize(*_SIZE.unpack(payload), at)
             ring.done()
+            now = time.monotonic()
             if flush_at is None:
-                flush_at = time.monotonic() + FLUSH_DELAY
+                flush_at = now + FLUSH_DELAY
+            elif now >= flush_at:  # output that never pauses is written out too
+                recorder.flush()
+                flush_at = None
+            time.sleep(MERGE_WINDOW)  # a burst goes on: gather it, one wakeup per pass
         recorder.close()
     except BaseException as exc:  # noqa: BLE001 — never unwind into the actor's code
         try:

@@ -17,6 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coop import recording
+from coop import recorder
 from coop.recorder import OUTPUT, RESIZE, RecordDecoder, RecorderProcess, merge_output
 from tests.daemon import wait_for
 from tests.fuzzing import fuzz
@@ -146,6 +147,29 @@ def test_chunks_of_any_size_pass_a_small_ring_whole_and_in_order(tmp_path):
     text, _ = cast_text(tmp_path)
     assert text == b"".join(chunks).decode()
     assert {"pipe", "ring", "wrapped"} <= set(ways)
+
+
+
+def test_output_that_never_pauses_is_on_disk_within_the_flush_delay(tmp_path):
+    """A spinner redrawing every 2 ms leaves something in the pipe whenever the
+    recorder looks; what it wrote still reaches the file within FLUSH_DELAY, not
+    only at the end or after 256 KiB."""
+    async def main():
+        rec = RecorderProcess(tmp_path, 0, 80, 24)
+        on_disk_at = None
+        t0 = time.monotonic()
+        for i in range(2000):  # ~4 s of ticks, well past FLUSH_DELAY
+            rec.output(b"tick %d\r" % i)
+            if i % 10 == 0 and b"tick 0\\r" in b"".join(p.read_bytes() for p in tmp_path.glob("*.cast")):
+                on_disk_at = time.monotonic() - t0
+                break
+            await asyncio.sleep(0.002)
+        rec.close()
+        return rec.pid, on_disk_at
+
+    pid, on_disk_at = asyncio.run(main())
+    wait_for(lambda: exited(pid), what="the recorder's exit")
+    assert on_disk_at is not None and on_disk_at < recorder.FLUSH_DELAY + 1.5, on_disk_at
 
 
 ACTOR = """
