@@ -95,7 +95,6 @@ class QueuedClient(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._queue: deque[bytes] = deque()
         self._queued = 0  # bytes in _queue
-        self._socket_full = False
         self._close_when_sent = False
         self._lagging = False
         self._dropped = 0
@@ -107,13 +106,9 @@ class QueuedClient(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        transport.set_write_buffer_limits(high=0)  # paused while any byte is unsent: queue here
-
-    def pause_writing(self) -> None:
-        self._socket_full = True
+        transport.set_write_buffer_limits(high=0)  # resumed once the socket took every byte
 
     def resume_writing(self) -> None:
-        self._socket_full = False
         self._send_queued()
 
     def connection_lost(self, exc) -> None:
@@ -142,14 +137,14 @@ class QueuedClient(asyncio.Protocol):
 
     def _send(self, *pieces: bytes) -> None:
         """Queue ``pieces`` in order; straight to the socket while nothing waits."""
-        if self._socket_full or self._queue:
+        if self._queue or self.transport.get_write_buffer_size():
             self._queue.extend(pieces)
             self._queued += sum(map(len, pieces))
         else:
-            self.transport.writelines(pieces)  # pauses us at once if the socket is full
+            self.transport.writelines(pieces)  # what the socket does not take waits there
 
     def _send_queued(self) -> None:
-        while self._queue and not self._socket_full:
+        while self._queue and not self.transport.get_write_buffer_size():
             batch, size = [], 0
             while self._queue and size < SEND_BATCH:
                 batch.append(self._queue.popleft())
