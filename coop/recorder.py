@@ -62,8 +62,8 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 class RecordDecoder:
     """Sans-I/O: pipe bytes in, ``(kind, time, payload)`` records out. Payloads are
-    views of the fed bytes where they can be (valid until the next ``feed``):
-    a recording moves every byte of the PTY's output through here."""
+    views of the fed bytes (valid until the next ``feed``): output the ring had
+    no room for comes this way."""
 
     def __init__(self):
         self._rest = b""
@@ -88,8 +88,8 @@ class RecordDecoder:
 def merge_output(records, window: float = MERGE_WINDOW, limit: int = MERGE_LIMIT):
     """Consecutive output records less than ``window`` seconds after the first of
     their run become one (at the first's time, up to ``limit`` bytes): a busy PTY
-    is read in ~4 KiB pieces, and each event costs the same fixed work on top
-    of its bytes. Replay timing moves by less than ``window``."""
+    is read in pieces of a few KiB, and each event costs the same fixed work on
+    top of its bytes. Replay timing moves by less than ``window``."""
     run: list = []
     run_at = 0.0
     size = 0
@@ -317,9 +317,7 @@ def _recorder_main(fd: int, ring: Ring, directory: Path, pty: int, cols: int, ro
                 data = os.read(fd, PIPE_SIZE)
             except BlockingIOError:
                 wait = None if flush_at is None else max(0.0, flush_at - time.monotonic())
-                if select.select([fd], [], [], wait)[0]:
-                    time.sleep(MERGE_WINDOW)  # let the burst gather: one pass over many reads
-                else:
+                if not select.select([fd], [], [], wait)[0]:
                     recorder.flush()
                     flush_at = None
                 continue
@@ -337,7 +335,7 @@ def _recorder_main(fd: int, ring: Ring, directory: Path, pty: int, cols: int, ro
             elif now >= flush_at:  # output that never pauses is written out too
                 recorder.flush()
                 flush_at = None
-            time.sleep(MERGE_WINDOW)  # a burst goes on: gather it, one wakeup per pass
+            time.sleep(MERGE_WINDOW)  # let a burst gather: one wakeup per pass over many records
         recorder.close()
     except BaseException as exc:  # noqa: BLE001 — never unwind into the actor's code
         try:
