@@ -266,6 +266,10 @@ class Session:
                            announce=lambda start: client.event({"event": "attached", **answer,
                                                                 "offset": start}))
         log(f"attached {kind} client to pty {console.id}")
+        if console.state == "exited":  # it exited while we connected: its end passed us by
+            client.event({"event": "pty_exited", "pty": console.id, "code": console.exit_code})
+            client.end()
+            return
         if rest:
             client.data_received(rest)
 

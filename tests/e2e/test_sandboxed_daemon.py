@@ -7,6 +7,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,28 @@ def test_session_runs_in_the_sandbox(sandboxed):
     cl.send_data(b"tty; echo t-$((2+2))\n")
     out, _ = cl.read_stream_until(b"t-4")
     assert b"/dev/pts/0" in out
+
+
+def test_a_shell_that_exits_while_its_client_connects_still_ends_it(sandboxed):
+    """DMN-8: a sandboxed shell's exit can be reported before its spawn has
+    returned, so before its client is attached (four clients at a time make
+    that likely); the client is still told and let go."""
+    from tests.e2e.test_daemon import RawClient
+
+    c = sandboxed
+    ws = c.workspace("proj", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
+    c.ok("-d", cwd=ws)
+
+    def shells(_):
+        for _ in range(50):
+            sh = RawClient(c.socket)
+            assert sh.ask({"cmd": "shell", "session": "proj", "command": "exit 5"})["ok"]
+            assert sh.read_event("pty_exited")["code"] == 5
+            assert sh.closed()
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(shells, range(4)))
+    wait_for(lambda: len(c.session("proj")["ptys"]) == 1, what="shells removed")
 
 
 def test_secrets_never_reach_files_logs_or_ipc(sandboxed):
