@@ -224,6 +224,9 @@ class Console:
 
         ``announce(start)`` runs before any byte is sent, with the stream
         offset of the first byte the client will receive; returns that offset.
+        A client that comes after the process has exited for good (a shell's
+        exit can be handled while its client is still connecting) gets the
+        replay and the exit, then is ended.
         """
         missed = self.scrollback.since(offset) if offset is not None else None
         if missed is not None:
@@ -234,9 +237,16 @@ class Console:
         announce(start)
         if data:
             client.output(data)
+        if self.state == "exited":  # DMN-8
+            client.event(self.exit_event())
+            client.end()
+            return start
         self.clients.append(client)
         self.resize(nudge=True)
         return start
+
+    def exit_event(self) -> dict:
+        return {"event": "pty_exited", "pty": self.id, "code": self.exit_code}
 
     def remove_client(self, client: Client) -> None:
         if client in self.clients:

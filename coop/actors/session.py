@@ -177,7 +177,7 @@ class Session:
         console.process_exited(code)
         log(f"pty {console.id} exited ({exit_status_text(code)})")
         console.notice(f"process exited ({exit_status_text(code)})")
-        console.broadcast({"event": "pty_exited", "pty": console.id, "code": code})
+        console.broadcast(console.exit_event())
         if self.stopping:
             return
         if console.role == "shell":  # DMN-8: shells are never restarted
@@ -266,10 +266,6 @@ class Session:
                            announce=lambda start: client.event({"event": "attached", **answer,
                                                                 "offset": start}))
         log(f"attached {kind} client to pty {console.id}")
-        if console.state == "exited":  # it exited while we connected: its end passed us by
-            client.event({"event": "pty_exited", "pty": console.id, "code": console.exit_code})
-            client.end()
-            return
         if rest:
             client.data_received(rest)
 
