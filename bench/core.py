@@ -242,7 +242,7 @@ def recording_rounds(c: Coop, args, rounds: int = 7) -> dict:
     def median(kind, key):
         return statistics.median(p[kind][key] for p in pairs)
 
-    return {"produced": ratio("produced MiB/s"), "received": ratio("MiB/s"),
+    return {"pairs": len(pairs), "produced": ratio("produced MiB/s"), "received": ratio("MiB/s"),
             "recording CPU ms/MiB": median("recorded", "session CPU ms/MiB"),
             "plain CPU ms/MiB": median("plain", "session CPU ms/MiB")}
 
@@ -338,7 +338,7 @@ def main() -> None:
         ratio = min(recording["produced"], recording["received"])
         extra = recording["recording CPU ms/MiB"] - recording["plain CPU ms/MiB"]
         print(f"recording on/off      {recording['produced']:.2f} produced, {recording['received']:.2f} "
-              f"received throughput (medians of 7 back-to-back pairs)")
+              f"received throughput (medians of {recording['pairs']} back-to-back pairs)")
         print(f"recording             +{extra:.2f} ms CPU per MiB (session actor + recorder: "
               f"{recording['plain CPU ms/MiB']:.2f} -> {recording['recording CPU ms/MiB']:.2f})")
         print(f"attention + recording {(1 - ratio + share) * 100:.1f}% of throughput (target < 10%)")

@@ -16,8 +16,7 @@ import time
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coop import recording
-from coop import recorder
+from coop import recorder, recording
 from coop.recorder import OUTPUT, RESIZE, RecordDecoder, RecorderProcess, merge_output
 from tests.daemon import wait_for
 from tests.fuzzing import fuzz
@@ -147,7 +146,6 @@ def test_chunks_of_any_size_pass_a_small_ring_whole_and_in_order(tmp_path):
     text, _ = cast_text(tmp_path)
     assert text == b"".join(chunks).decode()
     assert {"pipe", "ring", "wrapped"} <= set(ways)
-
 
 
 def test_output_that_never_pauses_is_on_disk_within_the_flush_delay(tmp_path):
