@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coop import recorder, recording
-from coop.recorder import OUTPUT, RESIZE, RecordDecoder, RecorderProcess, merge_output
+from coop.recorder import OUTPUT, RESIZE, RecordDecoder, RecorderProcess
 from tests.daemon import wait_for
 from tests.fuzzing import fuzz
 
@@ -57,32 +57,58 @@ def exited(pid: int) -> bool:
         return True
 
 
-def test_output_and_resizes_arrive_in_order_with_the_actors_times(tmp_path):
+def record_chunks(tmp_path, chunks: list[bytes], pause: float = 0.0, resize_after: int = -1):
+    """Hand ``chunks`` to a recorder process, ``pause`` seconds apart, with a resize
+    to 100x30 after chunk ``resize_after``. When each chunk was handed over
+    (after the time the recording starts from), the cast's text and events."""
     async def main():
-        seen = [time.monotonic()]  # the recording's time zero is no earlier than this
+        seen = [time.monotonic()]
         rec = RecorderProcess(tmp_path, 0, 80, 24)
-        for i in range(200):
+        for i, chunk in enumerate(chunks):
             seen.append(time.monotonic())
-            rec.output(f"line {i}\r\n".encode())
-            if i == 100:
+            rec.output(chunk)
+            if i == resize_after:
                 rec.resize(100, 30)
+            if pause:
+                await asyncio.sleep(pause)
         rec.close()
         return rec.pid, seen
 
     pid, seen = asyncio.run(main())
     wait_for(lambda: exited(pid), what="the recorder's exit")
-    text, events = cast_text(tmp_path)
-    assert text == "".join(f"line {i}\r\n" for i in range(200))
+    return (seen, *cast_text(tmp_path))
+
+
+def test_output_and_resizes_arrive_in_order_with_the_actors_times(tmp_path):
+    lines = [f"line {i}\r\n" for i in range(200)]
+    seen, text, events = record_chunks(tmp_path, [line.encode() for line in lines], resize_after=100)
+    assert text == "".join(lines)
     resize = next(i for i, e in enumerate(events) if e[1] == "r")
     assert events[resize][2] == "100x30"
-    assert "".join(e[2] for e in events[:resize]) == "".join(f"line {i}\r\n" for i in range(101))
+    assert "".join(e[2] for e in events[:resize]) == "".join(lines[:101])
     times = [e[0] for e in events]
     assert times == sorted(times) and times[-1] <= seen[-1] - seen[0]
 
 
+def test_output_is_batched_by_time_and_keeps_its_timing(tmp_path):
+    """Chunks less than BATCH_WINDOW after a batch's first join it: one event,
+    at the time the actor saw that first chunk, so event times keep the
+    output's own timing."""
+    seen, text, events = record_chunks(tmp_path, [b"%d\r\n" % i for i in range(100)], pause=0.001)
+    seen = seen[1:]  # seen[i]: when line i was handed over
+    assert text == "".join(f"{i}\r\n" for i in range(100))
+    firsts = [int(e[2].split("\r\n")[0]) for e in events]
+    assert 100 / 20 < len(events) < 100, firsts  # ~1 ms apart: several lines a batch
+    for first, after in zip(firsts, [*firsts[1:], 100]):
+        assert seen[after - 1] - seen[first] < recorder.BATCH_WINDOW
+    for event, first in zip(events, firsts):
+        assert abs((event[0] - events[0][0]) - (seen[first] - seen[0])) < 0.001
+
+
 def test_a_stopped_recorder_loses_nothing(tmp_path):
-    """Past the ring and the pipe, bytes wait in the backlog; past the backlog limit
-    the actor's write blocks until the recorder goes on: slower, never lossy."""
+    """Past the spool's limit and the pipe, bytes wait in the backlog; past the
+    backlog limit the actor's write blocks until the recorder goes on: slower,
+    never lossy."""
     chunk = b"x" * 65535 + b"\n"
     main_thread = threading.get_native_id()
 
@@ -92,11 +118,11 @@ def test_a_stopped_recorder_loses_nothing(tmp_path):
         os.kill(pid, signal.SIGCONT)
 
     async def main():
-        rec = RecorderProcess(tmp_path, 0, 80, 24, backlog_limit=4 << 20)
+        rec = RecorderProcess(tmp_path, 0, 80, 24, backlog_limit=4 << 20, spool_limit=2 << 20)
         os.kill(rec.pid, signal.SIGSTOP)
-        for _ in range(64):  # 2 MiB ring + 1 MiB pipe + 1 MiB backlog
+        for _ in range(64):  # 2 MiB spool + 1 MiB pipe + 1 MiB backlog
             rec.output(chunk)
-        assert rec._backlog, "the ring and the pipe should be full"
+        assert rec._backlog, "the spool and the pipe should be full"
         waker = threading.Thread(target=resume_when_blocked, args=(rec.pid,))
         waker.start()
         for _ in range(64):  # past the limit: blocks until SIGCONT
@@ -111,33 +137,103 @@ def test_a_stopped_recorder_loses_nothing(tmp_path):
     assert text == chunk.decode() * 128
 
 
-def test_chunks_of_any_size_pass_a_small_ring_whole_and_in_order(tmp_path):
-    """A ring smaller than some chunks: each chunk goes into it whole (from the
-    ring's start when it would not fit before its end) or, while the ring is
-    full or too small for it, through the pipe. The cast holds every chunk, in
-    order, whichever way it went."""
+def test_the_spool_frees_what_is_released_and_starts_over_once_all_is(tmp_path):
+    """The spool in one process: chunks come back as put; released bytes give
+    their blocks back (so their dirty pages are never written); past
+    ``limit`` waiting, ``put`` refuses; once everything is released past
+    REWIND_AT, the next chunk goes to the start of the file."""
+    spool = recorder.Spool(tmp_path, limit=3 << 20)
+    chunks = [bytes([65 + i]) * (1 << 20) for i in range(3)]
+    offsets = [spool.put([chunk[:10], chunk[10:]], len(chunk)) for chunk in chunks]
+    assert offsets == [0, 1 << 20, 2 << 20]
+    assert spool.put([b"x"], 1) is None  # 3 MiB wait: no more
+    assert [spool.read(o, len(c)) for o, c in zip(offsets, chunks)] == chunks
+    blocks = os.fstat(spool.fd).st_blocks
+    spool.release(2 << 20, 2 << 20)
+    assert os.fstat(spool.fd).st_blocks <= blocks - (2 << 20) // 512
+    assert spool.put([b"y" * 100], 100) == 3 << 20  # room again; 1 MiB + 100 still wait
+    spool.release((3 << 20) + 100, (1 << 20) + 100)
+    old_end = recorder.REWIND_AT
+    spool._end = old_end  # as if 64 MiB had passed through
+    assert spool.put([b"z"], 1) == 0
+    assert spool.read(0, 1) == b"z"
+    assert list(tmp_path.iterdir()) == [], "the spool has no name in the directory"
+    spool.close()
+
+
+def test_conversion_waits_for_a_pause_while_output_streams_fast():
+    """conversion_due: output streaming faster than FIREHOSE waits for QUIET (or
+    DEFER_LIMIT), slower output waits FLUSH_DELAY at most."""
+    due = recorder.conversion_due
+    mib = 1 << 20
+    assert not due(0.0, 0.1, 1000, 0.15)  # a trickle, just now
+    assert due(0.0, 0.1, 1000, 0.1 + recorder.QUIET + 1e-6)  # ...that paused
+    assert due(0.0, 1.1, 1000, 1.15)  # a trickle that never pauses: FLUSH_DELAY
+    assert not due(0.0, 1.1, 40 * mib, 1.15)  # a firehose that never pauses: waits...
+    assert due(0.0, 1.1, 40 * mib, 1.1 + recorder.QUIET + 1e-6)  # ...for its pause
+    assert due(0.0, 1.1, recorder.DEFER_LIMIT, 1.15)  # ...or for DEFER_LIMIT
+    rate = recorder.FIREHOSE * 0.9  # just slower than a firehose, for 10 s
+    assert due(0.0, 9.99, int(rate * 10), 10.0)
+
+
+def test_streaming_output_waits_for_a_pause_to_be_converted(tmp_path):
+    """Output faster than FIREHOSE is not converted while it streams, well past
+    FLUSH_DELAY: only the cast's header is on disk. Once it pauses, all of it
+    is in the cast, in order, within QUIET and the conversion's time."""
+    chunk = b"0123456789" * 6553 + b"\r\n"
+
+    def cast_size():
+        return sum(p.stat().st_size for p in tmp_path.glob("*.cast"))
+
+    async def main():
+        rec = RecorderProcess(tmp_path, 0, 80, 24)
+        wait_for(lambda: cast_size() > 0, what="the cast's header")
+        header = cast_size()
+        sent = 0
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < recorder.FLUSH_DELAY + 0.5:
+            rec.output(chunk)  # 64 KiB each ms or so: far above FIREHOSE
+            sent += 1
+            await asyncio.sleep(0.001)
+        assert sent * len(chunk) > recorder.FIREHOSE * (recorder.FLUSH_DELAY + 0.5)
+        assert cast_size() == header, "converted while the output streamed"
+        paused = time.monotonic()
+        await asyncio.to_thread(wait_for, lambda: cast_size() > sent * len(chunk),
+                                what="the converted cast")
+        converted_after = time.monotonic() - paused
+        rec.close()
+        return rec.pid, sent, converted_after
+
+    pid, sent, converted_after = asyncio.run(main())
+    wait_for(lambda: exited(pid), what="the recorder's exit")
+    text, _ = cast_text(tmp_path)
+    assert text == chunk.decode() * sent
+    assert converted_after >= recorder.QUIET * 0.9, converted_after
+
+
+async def handed_over(rec: RecorderProcess) -> None:
+    """Until the actor's batch is in the spool or the pipe (BATCH_WINDOW)."""
+    deadline = time.monotonic() + 5
+    while rec._batch:
+        assert time.monotonic() < deadline, "the batch was never handed over"
+        await asyncio.sleep(0.001)
+
+
+def test_spooled_and_piped_chunks_of_any_size_arrive_whole_and_in_order(tmp_path):
+    """A spool limit smaller than some chunks: each goes into the spool whole
+    or, while the spool holds its limit, through the pipe. The cast holds every
+    chunk, in order, whichever way it went."""
     sizes = [1, 1000, 40000, 70000, 150000, 7, 99999, 33333] * 10
     chunks = [bytes([65 + i % 26]) * size for i, size in enumerate(sizes)]
     ways = []
 
-    async def caught_up(rec):
-        deadline = time.monotonic() + 10
-        while rec._ring._read[0] < rec._ring._written or rec._backlog:
-            assert time.monotonic() < deadline, "the recorder did not catch up"
-            await asyncio.sleep(0.001)
-
     async def main():
-        rec = RecorderProcess(tmp_path, 0, 80, 24, ring_size=100_000)
-        os.kill(rec.pid, signal.SIGSTOP)
-        for chunk in chunks[:40]:  # the ring fills: the rest waits in the pipe and backlog
+        rec = RecorderProcess(tmp_path, 0, 80, 24, spool_limit=100_000)
+        for chunk in chunks:
+            before = rec._spool._put
             rec.output(chunk)
-        os.kill(rec.pid, signal.SIGCONT)
-        for chunk in chunks[40:]:
-            await caught_up(rec)  # the ring is empty: each chunk that fits goes in
-            before = rec._ring._written
-            rec.output(chunk)
-            after = rec._ring._written
-            ways.append("pipe" if after == before else "ring" if after == before + len(chunk) else "wrapped")
+            await handed_over(rec)
+            ways.append("pipe" if rec._spool._put == before else "spool")
         rec.close()
         return rec.pid
 
@@ -145,7 +241,7 @@ def test_chunks_of_any_size_pass_a_small_ring_whole_and_in_order(tmp_path):
     wait_for(lambda: exited(pid), what="the recorder's exit")
     text, _ = cast_text(tmp_path)
     assert text == b"".join(chunks).decode()
-    assert {"pipe", "ring", "wrapped"} <= set(ways)
+    assert {"pipe", "spool"} <= set(ways)
 
 
 def test_output_that_never_pauses_is_on_disk_within_the_flush_delay(tmp_path):
@@ -173,11 +269,13 @@ def test_output_that_never_pauses_is_on_disk_within_the_flush_delay(tmp_path):
 ACTOR = """
 import asyncio, os, sys
 from coop.recorder import RecorderProcess
+from tests.test_recorder import handed_over
 async def main():
     rec = RecorderProcess(sys.argv[1], 3, 80, 24)
     print(rec.pid, flush=True)
     for i in range(1000):
         rec.output(b"%d\\r\\n" % i)
+    await handed_over(rec)  # all but the last BATCH_WINDOW of output is handed over
     os.kill(os.getpid(), 9)  # the actor dies with its recording open
 asyncio.run(main())
 """
@@ -194,29 +292,6 @@ def test_the_recording_survives_the_actor(tmp_path):
     assert text == "".join(f"{i}\r\n" for i in range(1000))
 
 
-@fuzz(2000)
-@given(st.lists(st.tuples(st.sampled_from([OUTPUT, RESIZE]), st.floats(0, 0.02), st.binary(max_size=40)),
-                max_size=30))
-def test_merged_output_keeps_every_byte_and_moves_none_past_the_window(records):
-    records.sort(key=lambda r: r[1])
-    merged = list(merge_output(records, window=0.005, limit=64))
-    assert b"".join(p for k, _, p in merged if k == OUTPUT) == b"".join(p for k, _, p in records if k == OUTPUT)
-    assert [r for r in merged if r[0] == RESIZE] == [r for r in records if r[0] == RESIZE]
-    assert [at for _, at, _ in merged] == sorted(at for _, at, _ in merged)
-    events, offset = [], 0  # (start offset, time) of each merged output event
-    for kind, at, payload in merged:
-        if kind == OUTPUT:
-            assert len(payload) <= 64
-            events.append((offset, at))
-            offset += len(payload)
-    offset = 0
-    for kind, at, payload in records:
-        if kind == OUTPUT and payload:
-            event_at = [t for start, t in events if start <= offset][-1]
-            assert event_at <= at < event_at + 0.005
-            offset += len(payload)
-
-
 def test_a_dead_recorder_ends_the_recording_not_the_session(tmp_path):
     """A recorder killed from outside: the actor's writes fail once, recording stops,
     everything else goes on (and the dead recorder is reaped)."""
@@ -224,9 +299,11 @@ def test_a_dead_recorder_ends_the_recording_not_the_session(tmp_path):
         rec = RecorderProcess(tmp_path, 0, 80, 24)
         rec.output(b"before\r\n")
         os.kill(rec.pid, signal.SIGKILL)
-        for _ in range(64):  # fills the pipe; EPIPE once the reader is gone
+        deadline = time.monotonic() + 10
+        while not rec.ended.done():  # EPIPE once the reader is gone
+            assert time.monotonic() < deadline, "the dead recorder was not noticed"
             rec.output(b"x" * 65536)
-        await asyncio.wait_for(rec.ended, 10)
+            await asyncio.sleep(0.01)
         rec.output(b"after\r\n")
         rec.close()
         return rec.pid
