@@ -16,6 +16,7 @@ from typing import Protocol
 
 from coop.attention import WAITING, Attention
 from coop.launcher import PtyChild, set_winsize
+from coop.log import log
 from coop.recorder import RecorderProcess
 from coop.scrollback import Scrollback
 
@@ -160,8 +161,13 @@ class Console:
             self._arm_attention()  # output came meanwhile: the deadline moved
 
     def start_recording(self, directory) -> None:
+        """Record from now on. A recording that cannot start (no room on the disk,
+        no process left) is logged; the PTY goes on unrecorded."""
         if self.recorder is None:
-            self.recorder = RecorderProcess(directory, self.id, *self.size)
+            try:
+                self.recorder = RecorderProcess(directory, self.id, *self.size)
+            except OSError as exc:
+                log(f"recording of pty {self.id} not started: {exc}")
 
     def stop_recording(self) -> asyncio.Future | None:
         """End the recording; the future is done once all of it is on disk."""

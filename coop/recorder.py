@@ -35,6 +35,7 @@ output), then exits at the pipe's EOF.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -195,18 +196,23 @@ class RecorderProcess:
         self._batch_timer: asyncio.TimerHandle | None = None
         directory = Path(directory)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._spool = Spool(directory, spool_limit)
         self._loop = asyncio.get_running_loop()
         self.ended = self._loop.create_future()  # done once the process has written all and exited
         started = time.monotonic()
-        read_end, self._fd = os.pipe()
-        try:
-            fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
-        except OSError:
-            pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB, a larger backlog
-        self.pid = os.fork()
-        if self.pid == 0:
-            _recorder_main(read_end, self._spool, directory, pty, cols, rows, started)  # never returns
+        with contextlib.ExitStack() as undo:  # undone if the process cannot start
+            self._spool = Spool(directory, spool_limit)
+            undo.callback(self._spool.close)
+            read_end, self._fd = os.pipe()
+            undo.callback(os.close, self._fd)
+            undo.callback(os.close, read_end)
+            try:
+                fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            except OSError:
+                pass  # over /proc/sys/fs/pipe-max-size: the default 64 KiB, a larger backlog
+            self.pid = os.fork()
+            if self.pid == 0:
+                _recorder_main(read_end, self._spool, directory, pty, cols, rows, started)  # never returns
+            undo.pop_all()
         os.close(read_end)
         os.set_blocking(self._fd, False)
         self._pidfd = os.pidfd_open(self.pid)

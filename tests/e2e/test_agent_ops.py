@@ -138,6 +138,18 @@ def test_a_kill_returns_with_the_recording_complete(coop):
     assert recorded().startswith("0123456789abcdef\r\n" * 1000)
 
 
+def test_a_recording_that_cannot_start_leaves_the_session_running(coop):
+    """BYD-3: where the recordings' folder cannot be made (a file holds its name),
+    the PTY goes on unrecorded and the log says why."""
+    rec = coop.state / "sessions" / "proj" / "rec"
+    rec.parent.mkdir(parents=True)
+    rec.write_text("not a folder")
+    start_agent(coop, "echo hello-$((1+1)); exec sleep 100", extra="record = true\n")
+    attach_raw(coop, "proj").read_stream_until(b"hello-2")
+    assert "recording of pty 0 not started: [Errno 17] File exists" in coop.ok("logs", "proj")
+    assert coop.session("proj")["state"] == "running"
+
+
 def test_rec_play_speed(coop):
     start_agent(coop, "echo a; sleep 1; echo b; sleep 1; echo c; exec sleep 100",
                 extra="record = true\n")
