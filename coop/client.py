@@ -23,6 +23,7 @@ from coop.paths import Paths
 from coop.protocol import FrameType
 
 START_TIMEOUT = 2.5
+RECEIVE_SIZE = 256 << 10  # a read from the session: up to four whole output frames
 
 
 class ClientError(Exception):
@@ -213,6 +214,7 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
     old_winch = signal.signal(signal.SIGWINCH, lambda *a: None)
     old_wakeup = signal.set_wakeup_fd(winch_w)
     sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files
+    buf = memoryview(bytearray(RECEIVE_SIZE))
     try:
         if is_tty:
             tty.setraw(stdin, termios.TCSANOW)
@@ -225,7 +227,7 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
         while True:
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = _receive(sock)
+                    data = _receive(sock, buf)
                     if not data:
                         raise StreamEnded(0)
                     for payload in conn.decoder.feed(data):
@@ -313,13 +315,15 @@ def _await_detach(conn: Connection, stdout: int, session: str) -> None:
         return
 
 
-def _receive(sock: socket.socket) -> bytes:
-    """What the session sent; b"" once it has closed the stream (a reset, too:
-    what it sent before closing has been read by then)."""
+def _receive(sock: socket.socket, buf: memoryview) -> memoryview:
+    """What the session sent, in ``buf``; empty once it has closed the stream (a
+    reset, too: what it sent before closing has been read by then). One buffer
+    for every read: ``recv(n)`` maps, shrinks and unmaps a fresh n-byte block
+    each time, even for one echoed keystroke."""
     try:
-        return sock.recv(262144)
+        return buf[:sock.recv_into(buf)]
     except ConnectionResetError:
-        return b""
+        return buf[:0]
 
 
 def run_exec(conn: Connection) -> int:
@@ -327,6 +331,7 @@ def run_exec(conn: Connection) -> int:
     stdin, stdout, stderr = sys.stdin.fileno(), sys.stdout.fileno(), sys.stderr.fileno()
     sock = conn.sock
     sel = selectors.PollSelector()  # poll, unlike epoll, accepts regular files
+    buf = memoryview(bytearray(RECEIVE_SIZE))
     sel.register(sock, selectors.EVENT_READ, "sock")
     if not os.isatty(stdin):  # a terminal's keystrokes are not a command's input
         sel.register(stdin, selectors.EVENT_READ, "stdin")
@@ -347,7 +352,7 @@ def run_exec(conn: Connection) -> int:
             pending = []
             for key, _ in sel.select():
                 if key.data == "sock":
-                    data = _receive(sock)
+                    data = _receive(sock, buf)
                     if not data:
                         raise ClientError("the session closed the command's stream", 1)
                     pending.extend(conn.decoder.feed(data))

@@ -26,6 +26,7 @@ from coop.filter import BLOCK_NOTICE, CTRL_C_NOTICE, InputFilter
 from coop.launcher import read_ready
 from coop.log import log
 from coop.protocol import FrameType
+from coop.receiver import Receiver
 
 QUEUE_LIMIT = 4 << 20
 SEND_BATCH = 64 << 10  # queued bytes handed to the socket at a time
@@ -81,7 +82,7 @@ def notice_bytes(blocked: list[bytes], ctrl_c: int) -> bytes:
     return (BLOCK_NOTICE if blocked else b"") + (CTRL_C_NOTICE if ctrl_c else b"")
 
 
-class QueuedClient(asyncio.Protocol):
+class QueuedClient(Receiver):
     """What every attached client shares, whatever its dialect: the input path,
     the bounded output queue with lag and replay (PTY-2), resize and detach
     bookkeeping. A dialect writes frames (``_write_output``, ``event``) and
@@ -241,7 +242,7 @@ class StreamClient(QueuedClient):
             self._close_after_sending()
 
 
-class ExecClient(asyncio.Protocol):
+class ExecClient(Receiver):
     """``coop exec``: a process on pipes; stdout and stderr kept apart (BYD-6)."""
 
     def __init__(self, session, child):

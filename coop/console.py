@@ -21,6 +21,7 @@ from coop.recorder import RecorderProcess
 from coop.scrollback import Scrollback
 
 READ_SIZE = 65536
+SHORT_READ = 512  # a PTY read this short emptied the PTY: asking again would only say EAGAIN
 DEFAULT_SIZE = (80, 24)
 
 
@@ -46,7 +47,7 @@ def _read_chunk(fd: int) -> tuple[bytes, bool]:
     """What the PTY holds, up to READ_SIZE, as one chunk (a PTY read returns at
     most ~4 KiB, and every chunk costs the same fixed work downstream:
     scrollback, attention, one frame per client); and whether the PTY is closed
-    (EIO: no slave fd is open any more)."""
+    (EIO: no slave fd is open any more). An echoed keystroke takes one read."""
     chunks, total = [], 0
     while total < READ_SIZE:
         try:
@@ -61,6 +62,8 @@ def _read_chunk(fd: int) -> tuple[bytes, bool]:
             return b"".join(chunks), True
         chunks.append(data)
         total += len(data)
+        if len(data) < SHORT_READ:
+            break
     return b"".join(chunks), False  # a lone chunk is returned as it is, not copied
 
 
@@ -134,6 +137,10 @@ class Console:
     # -- output -------------------------------------------------------------
 
     def emit(self, data: bytes) -> None:
+        """Clients first: the bookkeeping after them is off the path of an
+        echoed keystroke."""
+        for client in self.clients:
+            client.output(data)
         self.scrollback.append(data)
         if self.recorder:
             self.recorder.output(data)
@@ -142,8 +149,6 @@ class Console:
             self._on_attention(self, changed)
         if self._attention_timer is None:
             self._arm_attention()
-        for client in self.clients:
-            client.output(data)
 
     # -- attention (BYD-2) and recording (BYD-3) ----------------------------
 
