@@ -72,9 +72,10 @@ def timed_stream(term: PtyProc, mib: int) -> dict:
     return {"MiB/s": received / (1 << 20) / seconds, "produced MiB/s": mib / seconds}
 
 
-def echo_latency(term: PtyProc, keys: int) -> tuple[float, float]:
+def echo_samples(term: PtyProc, keys: int) -> list[float]:
+    """Milliseconds from writing each key to reading its echo, once the
+    terminal has been quiet for 0.1 s."""
     samples = []
-    time.sleep(0.3)
     while select.select([term.master], [], [], 0.1)[0]:
         os.read(term.master, 1 << 20)
     for i in range(keys):
@@ -86,18 +87,53 @@ def echo_latency(term: PtyProc, keys: int) -> tuple[float, float]:
             select.select([term.master], [], [], 5)
             got += os.read(term.master, 4096)
         samples.append((time.perf_counter() - t0) * 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+    return samples
+
+
+ECHO_ROUNDS = 10
+
+
+def echo_rounds(args, tmp, c: Coop) -> dict:
+    """Keystroke echo p50/p99 of every peer, each running `cat`. The peers take
+    turns, ``keys / ECHO_ROUNDS`` keys at a time, in rotated order: on this
+    shared machine one peer's p50 moved from 0.12 to 0.20 ms between two runs
+    ten minutes apart, more than the gaps being compared."""
+    terms = {"bare PTY reader": PtyProc(["cat"], env=os.environ, cwd="/")}
+    try:
+        if shutil.which("dtach"):
+            terms["dtach"] = PtyProc(["dtach", "-A", f"{tmp}/echo-dtach.sock", "-z", "-r", "none", "cat"],
+                                     env=os.environ, cwd="/")
+        if shutil.which("tmux"):
+            terms["tmux"] = PtyProc(["tmux", "-S", f"{tmp}/echo-tmux.sock", "-f", "/dev/null",
+                                     "new-session", "cat"],
+                                    env={**os.environ, "TERM": "xterm-256color"}, cwd="/")
+        ws = c.workspace("echo", '[agent]\ncommand = "cat"\n[network]\nmode = "none"\n')
+        c.ok("-d", cwd=ws)
+        terms["coop"] = c.spawn_pty("attach", "echo", cwd=ws)
+        samples: dict = {name: [] for name in terms}
+        names = list(terms)
+        for r in range(ECHO_ROUNDS):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                samples[name] += echo_samples(terms[name], max(1, args.keys // ECHO_ROUNDS))
+    finally:
+        for term in terms.values():
+            term.close()
+        subprocess.run(["tmux", "-S", f"{tmp}/echo-tmux.sock", "kill-server"], capture_output=True)
+        end_processes_naming(f"{tmp}/echo-dtach.sock")  # dtach's master outlives its client
+    out = {}
+    for name, each in samples.items():
+        each.sort()
+        out[name] = {"echo p50 ms": statistics.median(each),
+                     "echo p99 ms": each[max(0, int(len(each) * 0.99) - 1)]}
+    return out
 
 
 def bare(args) -> dict:
     term = PtyProc(["sh", "-c", producer(args.mib)], env=os.environ, cwd="/")
     try:
-        rates = timed_stream(term, args.mib)
-        p50, p99 = echo_latency(term, args.keys)
+        return timed_stream(term, args.mib)
     finally:
         term.close()
-    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99}
 
 
 def dtach(args, tmp) -> dict:
@@ -105,12 +141,10 @@ def dtach(args, tmp) -> dict:
     term = PtyProc(["dtach", "-A", sock, "-z", "-r", "none", "sh", "-c", producer(args.mib)],
                    env=os.environ, cwd="/")
     try:
-        rates = timed_stream(term, args.mib)
-        p50, p99 = echo_latency(term, args.keys)
+        return timed_stream(term, args.mib)
     finally:
         term.close()
         end_processes_naming(sock)  # dtach's master outlives its client
-    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99}
 
 
 def end_processes_naming(text: str) -> None:
@@ -131,13 +165,12 @@ def tmux(args, tmp) -> dict:
                     producer(args.mib)], env=env, cwd="/")
     try:
         rates = timed_stream(term, args.mib)
-        p50, p99 = echo_latency(term, args.keys)
         pss = smaps_kib(int(subprocess.check_output(
             ["tmux", "-S", sock, "display", "-p", "#{pid}"]).decode().strip()))
     finally:
         subprocess.run(["tmux", "-S", sock, "kill-server"], capture_output=True)
         term.close()
-    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99, "server PSS KiB": pss}
+    return {**rates, "server PSS KiB": pss}
 
 
 def smaps_kib(pid: int, field: str = "Pss") -> int:
@@ -167,13 +200,11 @@ def coop_stream(c: Coop, args, name: str, extra: str = "", settled=lambda: True)
         start = cpu_seconds(actor)
         rates = timed_stream(term, args.mib)
         streaming = cpu_seconds(actor) - start
-        p50, p99 = echo_latency(term, args.keys)
         wait_for(settled, timeout=120, what="the session to settle")
         total = cpu_seconds(actor) - start
     finally:
         term.close()
-    return {**rates, "echo p50 ms": p50, "echo p99 ms": p99,
-            "session CPU ms/MiB": streaming * 1000 / args.mib,
+    return {**rates, "session CPU ms/MiB": streaming * 1000 / args.mib,
             "session CPU in all ms/MiB": total * 1000 / args.mib}
 
 
@@ -263,52 +294,48 @@ def recording_rounds(c: Coop, args, rounds: int = 7) -> dict:
             "plain CPU in all ms/MiB": median("plain", "session CPU in all ms/MiB")}
 
 
-def coop(args, tmp, sandboxed: bool) -> dict:
-    c = Coop(Path(tmp) / ("sb" if sandboxed else "host"), sandboxed=sandboxed)
+def coop(args, c: Coop) -> dict:
     out: dict = {}
-    try:
-        out.update(coop_stream(c, args, "bench"))
-        if args.record:
-            out["recording"] = recording_rounds(c, args)
-        ls = []
-        for _ in range(20):
-            t0 = time.perf_counter()
-            c.ok("ls")
-            ls.append((time.perf_counter() - t0) * 1000)
-        out["ls p50 ms"] = statistics.median(ls)
-        starts = []
-        from coop import coopfile
-        from coop.client import connect
-        from coop.paths import Paths
+    out.update(coop_stream(c, args, "bench"))
+    if args.record:
+        out["recording"] = recording_rounds(c, args)
+    ls = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        c.ok("ls")
+        ls.append((time.perf_counter() - t0) * 1000)
+    out["ls p50 ms"] = statistics.median(ls)
+    starts = []
+    from coop import coopfile
+    from coop.client import connect
+    from coop.paths import Paths
 
-        os.environ.update(c.env)  # this process speaks to the bench's daemon directly
-        for i in range(args.starts):
-            ws2 = c.workspace(f"s{i}", '[agent]\ncommand = "sh"\nargs = ["-c", '
-                                       '"date +%s.%N > started; exec cat"]\n'
-                                       '[network]\nmode = "none"\n')
-            wsfile = ws2 / "started"  # the agent's cwd is its workspace
-            if wsfile.exists():
-                wsfile.unlink()
-            table = coopfile.load(workspace=str(ws2)).table
-            conn = connect(Paths.default(c.socket))  # connected and greeted beforehand
-            t0 = time.time()  # SB-7: from the daemon receiving create...
-            conn.request({"cmd": "create", "workspace": str(ws2), "coopfile": table, "detach": True})
-            conn.close()  # ...to the agent's first instruction
-            wait_for(lambda f=wsfile: f.exists() and f.read_text().strip(), timeout=10)
-            starts.append((float(wsfile.read_text()) - t0) * 1000)
-            c.ok("kill", f"s{i}", "-f")
-        starts.sort()
-        out["create→agent p50 ms"] = statistics.median(starts)
-        out["create→agent p95 ms"] = starts[max(0, int(len(starts) * 0.95) - 1)]
-        ws3 = c.workspace("idle", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
-        c.ok("-d", cwd=ws3)
-        wait_for(lambda: c.session("idle")["state"] == "running", timeout=10)
-        out["supervisor PSS KiB"] = smaps_kib(c.daemon_pid())
-        idle = c.session("idle")["pid"]
-        out["idle actor PSS KiB"] = smaps_kib(idle)
-        out["idle actor USS KiB"] = smaps_kib(idle, "USS")
-    finally:
-        c.cleanup()
+    os.environ.update(c.env)  # this process speaks to the bench's daemon directly
+    for i in range(args.starts):
+        ws2 = c.workspace(f"s{i}", '[agent]\ncommand = "sh"\nargs = ["-c", '
+                                   '"date +%s.%N > started; exec cat"]\n'
+                                   '[network]\nmode = "none"\n')
+        wsfile = ws2 / "started"  # the agent's cwd is its workspace
+        if wsfile.exists():
+            wsfile.unlink()
+        table = coopfile.load(workspace=str(ws2)).table
+        conn = connect(Paths.default(c.socket))  # connected and greeted beforehand
+        t0 = time.time()  # SB-7: from the daemon receiving create...
+        conn.request({"cmd": "create", "workspace": str(ws2), "coopfile": table, "detach": True})
+        conn.close()  # ...to the agent's first instruction
+        wait_for(lambda f=wsfile: f.exists() and f.read_text().strip(), timeout=10)
+        starts.append((float(wsfile.read_text()) - t0) * 1000)
+        c.ok("kill", f"s{i}", "-f")
+    starts.sort()
+    out["create→agent p50 ms"] = statistics.median(starts)
+    out["create→agent p95 ms"] = starts[max(0, int(len(starts) * 0.95) - 1)]
+    ws3 = c.workspace("idle", '[agent]\ncommand = "sh"\n[network]\nmode = "none"\n')
+    c.ok("-d", cwd=ws3)
+    wait_for(lambda: c.session("idle")["state"] == "running", timeout=10)
+    out["supervisor PSS KiB"] = smaps_kib(c.daemon_pid())
+    idle = c.session("idle")["pid"]
+    out["idle actor PSS KiB"] = smaps_kib(idle)
+    out["idle actor USS KiB"] = smaps_kib(idle, "USS")
     return out
 
 
@@ -322,14 +349,18 @@ def main() -> None:
                     help="also measure throughput with asciicast recording on (BYD-3)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="coop-bench-")
+    c = Coop(Path(tmp) / ("sb" if args.sandboxed else "host"), sandboxed=args.sandboxed)
     try:
         results = {"bare PTY reader": bare(args)}
         if shutil.which("dtach"):
             results["dtach"] = dtach(args, tmp)
         if shutil.which("tmux"):
             results["tmux"] = tmux(args, tmp)
-        results["coop"] = coop(args, tmp, args.sandboxed)
+        results["coop"] = coop(args, c)
+        for peer, echo in echo_rounds(args, tmp, c).items():
+            results[peer].update(echo)
     finally:
+        c.cleanup()
         shutil.rmtree(tmp, ignore_errors=True)
     recording = results["coop"].pop("recording", None)
     keys = sorted({k for r in results.values() for k in r}, key=lambda k: list(
