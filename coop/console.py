@@ -21,7 +21,6 @@ from coop.recorder import RecorderProcess
 from coop.scrollback import Scrollback
 
 READ_SIZE = 65536
-SHORT_READ = 512  # a PTY read this short emptied the PTY: asking again would only say EAGAIN
 DEFAULT_SIZE = (80, 24)
 
 
@@ -47,7 +46,7 @@ def _read_chunk(fd: int) -> tuple[bytes, bool]:
     """What the PTY holds, up to READ_SIZE, as one chunk (a PTY read returns at
     most ~4 KiB, and every chunk costs the same fixed work downstream:
     scrollback, attention, one frame per client); and whether the PTY is closed
-    (EIO: no slave fd is open any more). An echoed keystroke takes one read."""
+    (EIO: no slave fd is open any more)."""
     chunks, total = [], 0
     while total < READ_SIZE:
         try:
@@ -62,8 +61,6 @@ def _read_chunk(fd: int) -> tuple[bytes, bool]:
             return b"".join(chunks), True
         chunks.append(data)
         total += len(data)
-        if len(data) < SHORT_READ:
-            break
     return b"".join(chunks), False  # a lone chunk is returned as it is, not copied
 
 
