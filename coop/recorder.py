@@ -188,6 +188,7 @@ class RecorderProcess:
 
     def __init__(self, directory: Path, pty: int, cols: int, rows: int, *,
                  backlog_limit: int = BACKLOG_LIMIT, spool_limit: int = SPOOL_LIMIT):
+        self.pty = pty
         self.backlog_limit = backlog_limit
         self._backlog = bytearray()
         self._batch: list[bytes] = []
@@ -327,7 +328,7 @@ class RecorderProcess:
         self._stop(f"the recorder process is gone ({exc.strerror})")
 
     def _stop(self, why: str) -> None:
-        log(f"recording of pty stopped: {why}")
+        log(f"recording of pty {self.pty} stopped: {why}")
         self._loop.remove_writer(self._fd)
         if self._batch_timer:
             self._batch_timer.cancel()
