@@ -25,7 +25,16 @@ class Parser(argparse.ArgumentParser):
         raise ClientError(f"{message} (see {self.prog} -h)", 2)
 
 
-def build_parser() -> Parser:
+def build_parser(argv: list[str] | None = None) -> Parser:
+    """The parser of every command; or, for an ``argv`` that starts with a
+    command, of that one alone (building all twenty took 4-5 ms of the 45-60
+    of ``coop ls``). ``parse`` reads with the full parser what the lone one
+    cannot, so that help and errors come out the same."""
+    only = argv[0] if argv and not argv[0].startswith("-") else None
+
+    def command(name: str, help: str) -> Parser | None:
+        return sub.add_parser(name, help=help) if only in (None, name) else None
+
     p = Parser(prog="coop", description="Run AI coding agents in sandboxes, reachable from anywhere.")
     p.add_argument("--version", action="version", version=f"coop {__version__}")
     p.add_argument("--config", metavar="PATH", help="global Coopfile (default ~/.config/coop/default.toml)")
@@ -42,88 +51,95 @@ def build_parser() -> Parser:
     p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
-    a = sub.add_parser("attach", help="attach to a session's PTY")
-    a.add_argument("session", nargs="?")
-    a.add_argument("--pty", type=int, default=0)
-    a.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
-                   help="key sequence that detaches (default ctrl-])")
-    a.add_argument("--record", action="store_true",
-                   help="record this PTY as asciicast v2 (BYD-3)")
+    if a := command("attach", "attach to a session's PTY"):
+        a.add_argument("session", nargs="?")
+        a.add_argument("--pty", type=int, default=0)
+        a.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS",
+                       help="key sequence that detaches (default ctrl-])")
+        a.add_argument("--record", action="store_true",
+                       help="record this PTY as asciicast v2 (BYD-3)")
 
-    s = sub.add_parser("shell", help="open a new shell PTY in a session")
-    s.add_argument("session", nargs="?")
-    s.add_argument("-c", dest="shell_command", metavar="CMD", help="run CMD instead of a shell")
-    s.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
+    if s := command("shell", "open a new shell PTY in a session"):
+        s.add_argument("session", nargs="?")
+        s.add_argument("-c", dest="shell_command", metavar="CMD", help="run CMD instead of a shell")
+        s.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
 
-    e = sub.add_parser("exec", help="run a command in a session without a PTY")
-    e.add_argument("session")
-    e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
+    if e := command("exec", "run a command in a session without a PTY"):
+        e.add_argument("session")
+        e.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- CMD")
 
-    ls = sub.add_parser("ls", help="list sessions")
-    ls.add_argument("--json", action="store_true")
+    if ls := command("ls", "list sessions"):
+        ls.add_argument("--json", action="store_true")
 
-    k = sub.add_parser("kill", help="kill a session")
-    k.add_argument("session", nargs="?")
-    k.add_argument("--all", action="store_true", help="kill every session")
-    k.add_argument("-f", "--force", action="store_true", help="no grace period")
+    if k := command("kill", "kill a session"):
+        k.add_argument("session", nargs="?")
+        k.add_argument("--all", action="store_true", help="kill every session")
+        k.add_argument("-f", "--force", action="store_true", help="no grace period")
 
-    sv = sub.add_parser("serve", help="serve the web UI (browser, phone on the LAN)")
-    sv.add_argument("-p", "--port", type=int, default=8888)
-    sv.add_argument("-H", "--host", default="127.0.0.1",
-                    help="address to bind (default loopback; 0.0.0.0 for the LAN)")
-    sv.add_argument("--token", help="use this token instead of a random one")
-    sv.add_argument("--read-only-token", action="store_true",
-                    help="also print a watch-only URL")
-    sv.add_argument("--tls", action="store_true", help="HTTPS with a kept self-signed certificate")
-    sv.add_argument("--stop", action="store_true", help="stop the running web server")
+    if sv := command("serve", "serve the web UI (browser, phone on the LAN)"):
+        sv.add_argument("-p", "--port", type=int, default=8888)
+        sv.add_argument("-H", "--host", default="127.0.0.1",
+                        help="address to bind (default loopback; 0.0.0.0 for the LAN)")
+        sv.add_argument("--token", help="use this token instead of a random one")
+        sv.add_argument("--read-only-token", action="store_true",
+                        help="also print a watch-only URL")
+        sv.add_argument("--tls", action="store_true", help="HTTPS with a kept self-signed certificate")
+        sv.add_argument("--stop", action="store_true", help="stop the running web server")
 
-    tn = sub.add_parser("tunnel", help="peer-to-peer access from a phone anywhere (WebRTC)")
-    from coop.tunnel_cli import add_arguments as tunnel_arguments
+    if tn := command("tunnel", "peer-to-peer access from a phone anywhere (WebRTC)"):
+        from coop.tunnel_cli import add_arguments as tunnel_arguments
 
-    tunnel_arguments(tn)
+        tunnel_arguments(tn)
 
-    www = sub.add_parser("www", help="the web page as files")
-    www_sub = www.add_subparsers(dest="www_command", metavar="ACTION", parser_class=Parser,
-                                 required=True)
-    wx = www_sub.add_parser("export", help="copy the page into DIR (a static site)")
-    wx.add_argument("dir")
+    if www := command("www", "the web page as files"):
+        www_sub = www.add_subparsers(dest="www_command", metavar="ACTION", parser_class=Parser,
+                                     required=True)
+        wx = www_sub.add_parser("export", help="copy the page into DIR (a static site)")
+        wx.add_argument("dir")
 
-    rec = sub.add_parser("rec", help="recordings: ls, play, export")
-    rec_sub = rec.add_subparsers(dest="rec_command", metavar="ACTION", parser_class=Parser,
-                                 required=True)
-    rl = rec_sub.add_parser("ls", help="list a session's recordings")
-    rl.add_argument("session")
-    rp = rec_sub.add_parser("play", help="replay a recording with its timing")
-    rp.add_argument("session")
-    rp.add_argument("file", nargs="?", help="recording name (default: the newest)")
-    rp.add_argument("--speed", type=float, default=1.0)
-    rp.add_argument("--max-idle", type=float, default=None, metavar="S",
-                    help="cap pauses at S seconds")
-    re_ = rec_sub.add_parser("export", help="copy a session's recordings to a directory")
-    re_.add_argument("session")
-    re_.add_argument("dest")
+    if rec := command("rec", "recordings: ls, play, export"):
+        rec_sub = rec.add_subparsers(dest="rec_command", metavar="ACTION", parser_class=Parser,
+                                     required=True)
+        rl = rec_sub.add_parser("ls", help="list a session's recordings")
+        rl.add_argument("session")
+        rp = rec_sub.add_parser("play", help="replay a recording with its timing")
+        rp.add_argument("session")
+        rp.add_argument("file", nargs="?", help="recording name (default: the newest)")
+        rp.add_argument("--speed", type=float, default=1.0)
+        rp.add_argument("--max-idle", type=float, default=None, metavar="S",
+                        help="cap pauses at S seconds")
+        re_ = rec_sub.add_parser("export", help="copy a session's recordings to a directory")
+        re_.add_argument("session")
+        re_.add_argument("dest")
 
-    ini = sub.add_parser("init", help="build this Coopfile's rootfs (image, packages, setup)")
-    ini.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
-                     help="project Coopfile (default <workspace>/coop.toml)")
-    ini.add_argument("--no-cache", action="store_true", help="download every layer again")
+    if ini := command("init", "build this Coopfile's rootfs (image, packages, setup)"):
+        ini.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
+                         help="project Coopfile (default <workspace>/coop.toml)")
+        ini.add_argument("--no-cache", action="store_true", help="download every layer again")
 
-    rb = sub.add_parser("rebuild", help="rebuild this Coopfile's rootfs from scratch")
-    rb.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
-                    help="project Coopfile (default <workspace>/coop.toml)")
-    rb.add_argument("--no-cache", action="store_true", help="download every layer again")
-    rb.add_argument("--prune", action="store_true",
-                    help="then remove every rootfs no running session uses")
+    if rb := command("rebuild", "rebuild this Coopfile's rootfs from scratch"):
+        rb.add_argument("-f", "--file", metavar="PATH", default=argparse.SUPPRESS,
+                        help="project Coopfile (default <workspace>/coop.toml)")
+        rb.add_argument("--no-cache", action="store_true", help="download every layer again")
+        rb.add_argument("--prune", action="store_true",
+                        help="then remove every rootfs no running session uses")
 
-    sub.add_parser("gc", help="remove every rootfs no running session uses")
-    sub.add_parser("status", help="daemon and project status")
-    sub.add_parser("shutdown", help="stop the daemon (sessions keep running)")
+    command("gc", "remove every rootfs no running session uses")
+    command("status", "daemon and project status")
+    command("shutdown", "stop the daemon (sessions keep running)")
 
-    lg = sub.add_parser("logs", help="show the daemon log or a session's events")
-    lg.add_argument("session", nargs="?")
-    lg.add_argument("-f", "--follow", action="store_true")
-    lg.add_argument("-n", "--lines", type=int, default=50)
+    if lg := command("logs", "show the daemon log or a session's events"):
+        lg.add_argument("session", nargs="?")
+        lg.add_argument("-f", "--follow", action="store_true")
+        lg.add_argument("-n", "--lines", type=int, default=50)
     return p
+
+
+def parse(argv: list[str]):
+    try:
+        return build_parser(argv).parse_args(argv)
+    except ClientError:  # not the command line the lone parser took it for
+        return build_parser().parse_args(argv)
 
 
 # -- helpers ----------------------------------------------------------------
@@ -586,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "-v" in argv or "--verbose" in argv
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         app = App(args)
         handler = getattr(app, f"cmd_{args.command or 'default'}")
         return handler()
