@@ -1,6 +1,7 @@
 """CLI-3: the command line is read the same whether the parser of the named
 command alone is built (the fast path of `coop ls`) or all of them."""
 
+import argparse
 import contextlib
 import io
 
@@ -39,3 +40,12 @@ def test_a_command_line_that_starts_with_a_command_builds_that_parser_alone():
     assert "attach to a session's PTY" in cli.build_parser().format_help()
     lone = cli.build_parser(["ls", "--json"]).format_help()
     assert "list sessions" in lone and "attach to a session's PTY" not in lone
+
+
+@pytest.mark.parametrize("columns", ["100", "57", "", "nonsense"])
+def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch, columns):
+    """Without shutil, the width argparse would have found: $COLUMNS, else the terminal's, else 80."""
+    monkeypatch.setenv("COLUMNS", columns)
+    ours = cli.build_parser().format_help()
+    monkeypatch.setattr(cli, "HelpFormatter", argparse.HelpFormatter)
+    assert ours == cli.build_parser().format_help()
