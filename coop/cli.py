@@ -156,6 +156,7 @@ def build_parser(argv: list[str] | None = None) -> Parser:
 
 
 def parse(argv: list[str]):
+    """The options of ``argv``; a bad command line raises ClientError (CLI-3)."""
     try:
         return build_parser(argv).parse_args(argv)
     except ClientError:  # not the command line the lone parser took it for
