@@ -133,6 +133,7 @@ export class Workbench {
     this.session = null;
     this.layout = null;
     this.panes = new Map(); // pty id → Pane
+    this._handles = []; // the drag handle after pane i: kept, so a poll that changes nothing rebuilds nothing
     this._swipeFrom = null;
     panes.addEventListener("touchstart", (e) => this._touchStart(e), {passive: true});
     panes.addEventListener("touchend", (e) => this._touchEnd(e), {passive: true});
@@ -318,7 +319,7 @@ export class Workbench {
     const fresh = [];
     const children = [];
     visible.forEach((pty, i) => {
-      if (i) children.push(this._handle(i - 1));
+      if (i) children.push(this._handles[i - 1] ??= this._handle(i - 1));
       let pane = this.panes.get(pty);
       if (!pane) {
         pane = new Pane(this, pty);
@@ -332,7 +333,10 @@ export class Workbench {
     });
     const current = [...this.panesEl.children];
     if (current.length !== children.length || current.some((el, i) => el !== children[i])) {
+      // moving the focused terminal out of the document and back blurs it
+      const focused = this.panesEl.contains(document.activeElement) ? document.activeElement : null;
       this.panesEl.replaceChildren(...children);
+      if (focused?.isConnected) focused.focus({preventScroll: true});
     }
     this.panesEl.classList.toggle("split", visible.length > 1);
     this._markActive();

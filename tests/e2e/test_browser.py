@@ -197,6 +197,25 @@ def test_shell_tab_split_view_and_resizes(open_page, coop):
     screenshot(page, "desktop-split")
 
 
+def test_a_poll_leaves_the_keyboard_in_the_split_pane_being_typed_in(open_page):
+    """WEB-5: the session list is polled every 2 s; each poll rebuilt the split
+    view's panes, which took the focus from the terminal being typed in."""
+    page = open_page()
+    wait_open(page, 0)
+    shell = new_shell(page)
+    page.click("#split-button")
+    wait_js(page, "document.querySelectorAll('.pane').length === 2")
+    wait_open(page, shell)
+    focus_terminal(page, shell)
+    in_shell = f"!!document.activeElement?.closest(\".pane[data-pty='{shell}'] .term\")"
+    wait_js(page, in_shell)
+    for _ in range(3):
+        js(page, "window.coopDebug.refresh()")  # what the poll does, now
+        assert js(page, in_shell), "a poll took the focus from the terminal"
+    page.keyboard.type("echo typed-$((6 * 7))\n")
+    wait_line(page, shell, r"^typed-42$")
+
+
 # -- WEB-5: kill with confirmation, create from the directory browser ----------------------
 
 
