@@ -118,7 +118,8 @@ def echo_rounds(args, tmp, c: Coop) -> dict:
     finally:
         for term in terms.values():
             term.close()
-        subprocess.run(["tmux", "-S", f"{tmp}/echo-tmux.sock", "kill-server"], capture_output=True)
+        if "tmux" in terms:
+            subprocess.run(["tmux", "-S", f"{tmp}/echo-tmux.sock", "kill-server"], capture_output=True)
         end_processes_naming(f"{tmp}/echo-dtach.sock")  # dtach's master outlives its client
     out = {}
     for name, each in samples.items():

@@ -50,11 +50,6 @@ def build_parser(argv: list[str] | None = None) -> Parser:
     command, of that one alone (building all twenty took 4-5 ms of the 45-60
     of ``coop ls``). ``parse`` reads with the full parser what the lone one
     cannot, so that help and errors come out the same."""
-    only = argv[0] if argv and not argv[0].startswith("-") else None
-
-    def command(name: str, help: str) -> Parser | None:
-        return sub.add_parser(name, help=help) if only in (None, name) else None
-
     p = Parser(prog="coop", description="Run AI coding agents in sandboxes, reachable from anywhere.")
     p.add_argument("--version", action="version", version=f"coop {__version__}")
     p.add_argument("--config", metavar="PATH", help="global Coopfile (default ~/.config/coop/default.toml)")
@@ -70,6 +65,10 @@ def build_parser(argv: list[str] | None = None) -> Parser:
                    help="allow a workspace outside your home (SB-3)")
     p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS, metavar="KEYS")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    only = argv[0] if argv and not argv[0].startswith("-") else None
+
+    def command(name: str, help: str) -> Parser | None:
+        return sub.add_parser(name, help=help) if only in (None, name) else None
 
     if a := command("attach", "attach to a session's PTY"):
         a.add_argument("session", nargs="?")

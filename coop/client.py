@@ -248,7 +248,7 @@ def attach(conn: Connection, session: str, detach_keys: bytes, *, quiet: bool = 
                         sock.sendall(protocol.encode_frame(FrameType.DATA, data))
                     if detach:
                         sock.sendall(protocol.encode_control({"type": "detach"}))
-                        _await_detach(conn, stdout, session)
+                        _await_detach(conn, stdout, session, buf)
                         raise StreamEnded(0, f"[detached from {session}]")
     except StreamEnded as end:
         code, message = end.code, end.message
@@ -297,12 +297,12 @@ def _handle_frame(payload: bytes, stdout: int, session: str) -> None:
         raise StreamEnded(1, f"coop: {msg.get('message')}")
 
 
-def _await_detach(conn: Connection, stdout: int, session: str) -> None:
+def _await_detach(conn: Connection, stdout: int, session: str, buf: memoryview) -> None:
     """Drain frames until the daemon confirms the detach or closes."""
     conn.sock.settimeout(5)
     try:
         while True:
-            data = conn.sock.recv(262144)
+            data = _receive(conn.sock, buf)
             if not data:
                 return
             for payload in conn.decoder.feed(data):

@@ -22,7 +22,8 @@ async def _two_connections_interleaved():
     loop = asyncio.get_running_loop()
     pairs = [socket.socketpair() for _ in range(2)]
     keepers = []
-    for ours, _theirs in pairs:
+    for ours, theirs in pairs:
+        theirs.setblocking(False)  # sent from this loop, which must go on reading meanwhile
         keeper = Keeper()
         await loop.connect_accepted_socket(lambda k=keeper: k, ours)
         keepers.append(keeper)
@@ -30,11 +31,11 @@ async def _two_connections_interleaved():
     for i in range(50):  # reads alternate between the two sockets, each overwriting the buffer
         for n, (_ours, theirs) in enumerate(pairs):
             piece = bytes([65 + n]) * (1 + i * 37 % 3000) + str(i).encode()
-            theirs.sendall(piece)
+            await loop.sock_sendall(theirs, piece)
             sent[n].append(piece)
             await asyncio.sleep(0)
     big = b"z" * (RECEIVE_SIZE * 3 + 5)  # more than one read's worth
-    pairs[0][1].sendall(big)
+    await loop.sock_sendall(pairs[0][1], big)
     sent[0].append(big)
     for _ours, theirs in pairs:
         theirs.shutdown(socket.SHUT_WR)
